@@ -1,0 +1,129 @@
+"""``@cache.cached``: cache-aside for a function, its key built from the call's arguments.
+
+The wrapper is a plain function (so it binds as a method, and ``inspect`` and frameworks
+see the wrapped signature) that carries ``invalidate``, ``ainvalidate``, ``uncached`` and
+``key``. A coroutine function gets a coroutine wrapper. Both run the one read path in
+``_readpath.py``; only the shell (blocking or awaiting) differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+
+
+from ._keys import call_key_function
+from ._policy import TtlSpec
+from ._readpath import ErrorPolicy, read_through
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+
+__all__ = ["AsyncCachedFunction", "CacheDecorator", "CachedFunction", "make_cached"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class CachedFunction(Protocol, Generic[P, R_co]):
+    """A function decorated with ``@cache.cached``."""
+
+    __wrapped__: Callable[P, R_co]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Drop the entry for these arguments (and void fills in flight for it)."""
+        ...
+
+    async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """``invalidate`` for asyncio code."""
+        ...
+
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Call the function itself, bypassing the cache (nothing read or written)."""
+        ...
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The store key these arguments map to."""
+        ...
+
+
+class AsyncCachedFunction(Protocol, Generic[P, R_co]):
+    """A coroutine function decorated with ``@cache.cached``."""
+
+    __wrapped__: Callable[P, Coroutine[Any, Any, R_co]]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+
+    async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+
+
+class CacheDecorator(Protocol):
+    """What ``cache.cached(...)`` returns: a decorator for def and async def alike."""
+
+    @overload
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]]
+    ) -> AsyncCachedFunction[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]: ...
+
+
+def make_cached(
+    cache: Cache,
+    *,
+    ttl: TtlSpec,
+    key: str | Callable[..., str] | None,
+    cache_errors: Mapping[type[BaseException], float] | None,
+) -> CacheDecorator:
+    """Build the decorator; validates everything it can before the first call."""
+    cache._ttl.check(ttl)
+    errors = ErrorPolicy(cache_errors) if cache_errors else None
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        keyfn = call_key_function(func, key)
+        full = cache._keys.full
+
+        def store_key(*args: Any, **kwargs: Any) -> str:
+            return full(keyfn(args, kwargs))
+
+        def invalidate(*args: Any, **kwargs: Any) -> bool:
+            return cache._invalidate_full(full(keyfn(args, kwargs)))
+
+        async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
+            return await cache._ainvalidate_full(full(keyfn(args, kwargs)))
+
+        wrapper: Any
+        if inspect.iscoroutinefunction(func):
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                flow = read_through(cache, full(keyfn(args, kwargs)), ttl, errors)
+                return await cache._adrive(flow, lambda: func(*args, **kwargs))
+
+            wrapper = async_wrapper
+        else:
+
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                flow = read_through(cache, full(keyfn(args, kwargs)), ttl, errors)
+                return cache._drive(flow, lambda: func(*args, **kwargs))
+
+            wrapper = sync_wrapper
+        functools.update_wrapper(wrapper, func)
+        wrapper.invalidate = invalidate
+        wrapper.ainvalidate = ainvalidate
+        wrapper.uncached = func
+        wrapper.key = store_key
+        return wrapper
+
+    return cast(CacheDecorator, decorate)

@@ -1,0 +1,236 @@
+"""The envelope: a fixed binary header around a codec's payload (spec: docs/format.md).
+
+::
+
+    offset size  field
+    0      2     magic b"cL"
+    2      1     format version (1)
+    3      1     codec id (1 JSON, 2 msgpack, 3 pickle)
+    4      1     flags (bit 0 zstd, bit 1 signed, bit 2 negative entry, bit 3 tagged JSON)
+    5      1     reserved, 0
+    6      4     load duration in ms (uint32, big-endian), for early refresh
+    10     8     written at, ms since the Unix epoch (uint64)
+    18     8     fresh until, ms since the Unix epoch (uint64, 0 = no expiry)
+    26     n     payload (zstd-compressed when bit 0 is set)
+    26+n   32    HMAC-SHA256 over bytes [0, 26+n) when bit 1 is set
+
+Decoding checks every field and raises :class:`~cachelayer.errors.DecodeError` on
+anything it does not understand, so the Cache can treat it as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._codecs import (
+    CODEC_PICKLE,
+    FLAG_TAGGED,
+    Codec,
+    JsonCodec,
+    MsgpackCodec,
+    PickleCodec,
+    TypeRegistry,
+)
+from .errors import ConfigurationError, DecodeError
+
+__all__ = ["Entry", "Serializer"]
+
+MAGIC = b"cL"
+VERSION = 1
+FLAG_ZSTD = 0x01
+FLAG_SIGNED = 0x02
+FLAG_NEGATIVE = 0x04
+_KNOWN_FLAGS = FLAG_ZSTD | FLAG_SIGNED | FLAG_NEGATIVE | FLAG_TAGGED
+_HEADER = struct.Struct(">2sBBBBIQQ")
+HEADER_SIZE = _HEADER.size  # 26
+MAC_SIZE = 32
+_MAX_DURATION_MS = 2**32 - 1
+# A decompressed payload larger than this is refused (a forged frame must not be able
+# to make a reader allocate gigabytes).
+MAX_DECOMPRESSED = 512 * 1024 * 1024
+
+
+class Entry:
+    """A decoded envelope."""
+
+    __slots__ = ("duration_ms", "fresh_until_ms", "negative", "value", "written_ms")
+
+    def __init__(
+        self, value: Any, negative: bool, duration_ms: int, written_ms: int, fresh_until_ms: int
+    ) -> None:
+        self.value = value
+        self.negative = negative
+        self.duration_ms = duration_ms
+        self.written_ms = written_ms
+        self.fresh_until_ms = fresh_until_ms
+
+
+def _as_key(key: bytes | str) -> bytes:
+    raw = key.encode() if isinstance(key, str) else bytes(key)
+    if len(raw) < 16:
+        raise ConfigurationError("signing_key must be at least 16 bytes long")
+    return raw
+
+
+class Serializer:
+    """Values <-> envelope bytes: codec, optional zstd, optional HMAC signature.
+
+    Args:
+        codec: ``"json"`` (default), ``"msgpack"`` or ``"pickle"`` (needs a signing key).
+        compress_threshold: payloads of at least this many bytes are zstd-compressed when
+            that makes them smaller; ``None`` turns compression off.
+        signing_key: a secret (>= 16 bytes), or a sequence of secrets where the first
+            signs and all verify (key rotation). With a key, every entry is signed and
+            unsigned or badly signed entries are refused.
+        registry: user types the codecs may store.
+    """
+
+    def __init__(
+        self,
+        codec: str = "json",
+        *,
+        compress_threshold: int | None = 1024,
+        compress_level: int = 3,
+        signing_key: bytes | str | Sequence[bytes | str] | None = None,
+        registry: TypeRegistry | None = None,
+    ) -> None:
+        self.registry = registry or TypeRegistry()
+        if signing_key is None:
+            self._keys: list[bytes] = []
+        elif isinstance(signing_key, (bytes, str)):
+            self._keys = [_as_key(signing_key)]
+        else:
+            self._keys = [_as_key(k) for k in signing_key]
+            if not self._keys:
+                raise ConfigurationError("signing_key is an empty sequence")
+        decoders: dict[int, Codec] = {
+            1: JsonCodec(self.registry),
+            2: MsgpackCodec(self.registry),
+        }
+        if self._keys:
+            decoders[CODEC_PICKLE] = PickleCodec()
+        choices = {"json": 1, "msgpack": 2, "pickle": CODEC_PICKLE}
+        if codec not in choices:
+            raise ConfigurationError(
+                f"unknown codec {codec!r}; choose one of {', '.join(sorted(choices))}"
+            )
+        if codec == "pickle" and not self._keys:
+            raise ConfigurationError(
+                "codec='pickle' needs a signing_key: unsigned pickle in a shared store lets "
+                "anyone who can write to it run code in your processes"
+            )
+        self.codec_name = codec
+        self._encoder = decoders[choices[codec]]
+        self._decoders = decoders
+        if compress_threshold is not None and compress_threshold < 0:
+            raise ConfigurationError("compress_threshold must be >= 0 or None")
+        self._threshold = compress_threshold
+        self._level = compress_level
+        self._local = threading.local()
+
+    # -- zstd: compressor objects are not thread-safe, so one per thread ------------------
+
+    def _zstd(self) -> Any:
+        z = getattr(self._local, "z", None)
+        if z is None:
+            import zstandard
+
+            z = self._local.z = (
+                zstandard.ZstdCompressor(level=self._level),
+                zstandard.ZstdDecompressor(),
+                zstandard,
+            )
+        return z
+
+    def dumps(
+        self,
+        value: Any,
+        *,
+        written_ms: int,
+        fresh_until_ms: int,
+        duration_ms: int = 0,
+        negative: bool = False,
+    ) -> bytes:
+        """Encode ``value`` into envelope bytes.
+
+        Raises:
+            TypeError: the value (or something inside it) has an unsupported type.
+        """
+        payload, flags = self._encoder.encode(value)
+        if negative:
+            flags |= FLAG_NEGATIVE
+        if self._threshold is not None and len(payload) >= self._threshold:
+            packed = self._zstd()[0].compress(payload)
+            if len(packed) < len(payload):
+                payload = packed
+                flags |= FLAG_ZSTD
+        if self._keys:
+            flags |= FLAG_SIGNED
+        head = _HEADER.pack(
+            MAGIC,
+            VERSION,
+            self._encoder.codec_id,
+            flags,
+            0,
+            min(max(duration_ms, 0), _MAX_DURATION_MS),
+            written_ms,
+            fresh_until_ms,
+        )
+        if not self._keys:
+            return head + payload
+        body = head + payload
+        return body + hmac.new(self._keys[0], body, hashlib.sha256).digest()
+
+    def loads(self, raw: bytes) -> Entry:
+        """Decode envelope bytes.
+
+        Raises:
+            DecodeError: the bytes are not a valid envelope this Serializer may read.
+        """
+        try:
+            magic, version, codec_id, flags, _, duration, written, fresh = _HEADER.unpack_from(
+                raw
+            )
+        except struct.error:
+            raise DecodeError(f"{len(raw)} bytes are too short for an envelope") from None
+        if magic != MAGIC:
+            raise DecodeError("not a cachelayer envelope (bad magic)")
+        if version != VERSION:
+            raise DecodeError(f"envelope format version {version} is not supported")
+        if flags & ~_KNOWN_FLAGS:
+            raise DecodeError(f"envelope has unknown flags {flags:#04x}")
+        if flags & FLAG_SIGNED:
+            if not self._keys:
+                raise DecodeError("signed envelope, but this Cache has no signing_key")
+            body, mac = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
+            if len(body) < HEADER_SIZE or not any(
+                hmac.compare_digest(hmac.new(k, body, hashlib.sha256).digest(), mac)
+                for k in self._keys
+            ):
+                raise DecodeError("envelope signature does not verify")
+            payload = body[HEADER_SIZE:]
+        elif self._keys:
+            raise DecodeError("unsigned envelope, but this Cache requires signatures")
+        else:
+            payload = raw[HEADER_SIZE:]
+        codec = self._decoders.get(codec_id)
+        if codec is None:
+            raise DecodeError(f"codec id {codec_id} is unknown or not enabled here")
+        try:
+            if flags & FLAG_ZSTD:
+                zstandard = self._zstd()[2]
+                size = zstandard.frame_content_size(payload)
+                if size < 0 or size > MAX_DECOMPRESSED:
+                    raise DecodeError(f"compressed payload declares {size} bytes")
+                payload = self._zstd()[1].decompress(payload)
+            value = codec.decode(payload, flags)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"payload does not decode: {type(exc).__name__}") from exc
+        return Entry(value, bool(flags & FLAG_NEGATIVE), duration, written, fresh)

@@ -1,0 +1,126 @@
+"""The store interface: bytes in, bytes out, TTLs, and the atomic steps the read path needs.
+
+A store knows nothing of codecs, policies or namespaces: the Cache hands it finished
+keys and envelope bytes. Every store comes in two faces with the same method names: a
+:class:`Store` for sync code and an :class:`AsyncStore` (``store.asynchronous()``) for
+asyncio code, over the same data. The contract suite in ``tests/backends`` pins what each
+method must do; a new store passes it before it is used.
+
+TTLs are seconds (``float``); ``None`` means no expiry. A TTL is always > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["AsyncStore", "Store", "SyncAsAsync"]
+
+#: One write: (key, value, ttl seconds or None).
+Item = tuple[str, bytes, "float | None"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Sync face of a store."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value stored at ``key``, or ``None`` when absent or expired."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for ``keys`` in order, ``None`` where absent; one round trip."""
+        ...
+
+    def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
+        """Store ``value`` at ``key``; in the same atomic step delete the key ``void``.
+
+        ``void`` is the key's lease: a write must cancel any fill that started before it.
+        """
+        ...
+
+    def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
+        """``set`` for each item (``void[i]`` pairs with ``items[i]``); one round trip."""
+        ...
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """Delete ``keys`` in one atomic step; return how many existed."""
+        ...
+
+    def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        """Store ``value`` only if ``key`` is absent; ``True`` if it was stored."""
+        ...
+
+    def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
+        """The guarded fill: atomically, if ``lease`` holds ``token``, store ``value`` at
+        ``key`` and delete ``lease``; ``True`` if stored."""
+        ...
+
+    def clear(self, prefix: str) -> int:
+        """Delete every key that starts with ``prefix`` or ``"{" + prefix``; return a count."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+        ...
+
+    def asynchronous(self) -> AsyncStore:
+        """The asyncio face of this store (same data, same settings)."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """Asyncio face of a store: :class:`Store`'s methods as coroutines."""
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    async def set(
+        self, key: str, value: bytes, ttl: float | None, void: str | None = None
+    ) -> None: ...
+    async def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None: ...
+    async def delete(self, keys: Sequence[str]) -> int: ...
+    async def add(self, key: str, value: bytes, ttl: float | None) -> bool: ...
+    async def fill(
+        self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
+    ) -> bool: ...
+    async def clear(self, prefix: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+class SyncAsAsync:
+    """The async face of a store whose sync methods never block (process memory).
+
+    Each coroutine calls the sync method directly: no thread, no executor. Only for stores
+    whose every call is bounded CPU work under a short lock.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, key: str) -> bytes | None:
+        return self._store.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._store.get_many(keys)
+
+    async def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
+        self._store.set(key, value, ttl, void)
+
+    async def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
+        self._store.set_many(items, void)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        return self._store.delete(keys)
+
+    async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        return self._store.add(key, value, ttl)
+
+    async def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
+        return self._store.fill(key, value, ttl, lease, token)
+
+    async def clear(self, prefix: str) -> int:
+        return self._store.clear(prefix)
+
+    async def close(self) -> None:
+        self._store.close()
