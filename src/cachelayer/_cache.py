@@ -100,8 +100,10 @@ class Cache:
             self._store = url
         else:
             raise ConfigurationError(f"Cache() takes a URL or a store, not {url!r}")
-        keys = signing_key if signing_key is None or isinstance(signing_key, (bytes, str)) else (
-            list(signing_key)
+        keys = (
+            signing_key
+            if signing_key is None or isinstance(signing_key, (bytes, str))
+            else (list(signing_key))
         )
         self._serializer = Serializer(
             codec, compress_threshold=compress_threshold, signing_key=keys
@@ -138,21 +140,28 @@ class Cache:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _encode(self, value: Any, seconds: float | None, duration_ms: int = 0) -> bytes:
+    def _encode(
+        self, value: Any, seconds: float | None, duration_ms: int = 0, negative: bool = False
+    ) -> bytes:
         now = self._now_ms()
         fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
         return self._serializer.dumps(
-            value, written_ms=now, fresh_until_ms=fresh_until, duration_ms=duration_ms
+            value,
+            written_ms=now,
+            fresh_until_ms=fresh_until,
+            duration_ms=duration_ms,
+            negative=negative,
         )
 
-    def _encode_negative(self, exc_type: type[BaseException], exc: BaseException) -> bytes:
-        now = self._now_ms()
+    def _encode_negative(
+        self, exc_type: type[BaseException], exc: BaseException, seconds: float | None
+    ) -> bytes:
         stored = {"error": ErrorPolicy.name(exc_type), "args": list(exc.args)}
         try:
-            return self._serializer.dumps(stored, written_ms=now, fresh_until_ms=0, negative=True)
+            return self._encode(stored, seconds, negative=True)
         except TypeError:  # args the codec cannot store: keep the type, drop the args
             stored["args"] = []
-            return self._serializer.dumps(stored, written_ms=now, fresh_until_ms=0, negative=True)
+            return self._encode(stored, seconds, negative=True)
 
     def _decode(self, raw: bytes) -> Entry | None:
         try:
@@ -171,8 +180,10 @@ class Cache:
         """The live value in ``raw`` bytes, or ``default`` (absent, expired, corrupt, error)."""
         if raw is not None and raw is not FAILED:
             entry = self._decode(raw)
-            if entry is not None and not entry.negative and (
-                not entry.fresh_until_ms or self._now_ms() < entry.fresh_until_ms
+            if (
+                entry is not None
+                and not entry.negative
+                and (not entry.fresh_until_ms or self._now_ms() < entry.fresh_until_ms)
             ):
                 self.stats.hits += 1
                 return entry.value
@@ -225,7 +236,7 @@ class Cache:
             self._log.log(
                 logging.WARNING,
                 "store",
-                "cachelayer: store %s failed (%s: %s); falling back to the loader",
+                "cachelayer: store %s failed (%s: %s); continuing without the cache",
                 method,
                 type(exc).__name__,
                 exc,
@@ -330,7 +341,7 @@ class Cache:
         await self._acall("set", self._set_args(key, value, ttl), self._raise)
 
     def _delete_args(self, keys: Iterable[str]) -> tuple[list[str]]:
-        doomed = []
+        doomed: list[str] = []
         for key in keys:
             full = self._keys.full(key)
             doomed += (full, lease_key(full))
@@ -368,7 +379,7 @@ class Cache:
             self.stats.misses += len(keys)
             return {}
         found = {}
-        for key, raw in zip(keys, raws):
+        for key, raw in zip(keys, raws, strict=True):
             value = self._value(raw, FAILED)
             if value is not FAILED:
                 found[key] = value

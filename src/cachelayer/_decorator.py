@@ -13,7 +13,6 @@ import inspect
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
-
 from ._keys import call_key_function
 from ._policy import TtlSpec
 from ._readpath import ErrorPolicy, read_through
@@ -25,15 +24,14 @@ __all__ = ["AsyncCachedFunction", "CacheDecorator", "CachedFunction", "make_cach
 
 P = ParamSpec("P")
 R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
 
 
-class CachedFunction(Protocol, Generic[P, R_co]):
+class CachedFunction(Protocol, Generic[P, R]):
     """A function decorated with ``@cache.cached``."""
 
-    __wrapped__: Callable[P, R_co]
+    __wrapped__: Callable[P, R]
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Drop the entry for these arguments (and void fills in flight for it)."""
@@ -43,7 +41,7 @@ class CachedFunction(Protocol, Generic[P, R_co]):
         """``invalidate`` for asyncio code."""
         ...
 
-    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function itself, bypassing the cache (nothing read or written)."""
         ...
 
@@ -52,18 +50,18 @@ class CachedFunction(Protocol, Generic[P, R_co]):
         ...
 
 
-class AsyncCachedFunction(Protocol, Generic[P, R_co]):
+class AsyncCachedFunction(Protocol, Generic[P, R]):
     """A coroutine function decorated with ``@cache.cached``."""
 
-    __wrapped__: Callable[P, Coroutine[Any, Any, R_co]]
+    __wrapped__: Callable[P, Coroutine[Any, Any, R]]
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
 
     async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
 
-    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
 
@@ -72,7 +70,7 @@ class CacheDecorator(Protocol):
     """What ``cache.cached(...)`` returns: a decorator for def and async def alike."""
 
     @overload
-    def __call__(
+    def __call__(  # type: ignore[overload-overlap]
         self, func: Callable[P, Coroutine[Any, Any, R]]
     ) -> AsyncCachedFunction[P, R]: ...
 

@@ -193,9 +193,7 @@ class Serializer:
             DecodeError: the bytes are not a valid envelope this Serializer may read.
         """
         try:
-            magic, version, codec_id, flags, _, duration, written, fresh = _HEADER.unpack_from(
-                raw
-            )
+            magic, version, codec_id, flags, _, duration, written, fresh = _HEADER.unpack_from(raw)
         except struct.error:
             raise DecodeError(f"{len(raw)} bytes are too short for an envelope") from None
         if magic != MAGIC:

@@ -71,13 +71,13 @@ def render(value: Any, name: str = "argument") -> str:
     if t is float:
         return "!f" + escape(repr(value))
     if t is bytes:
-        return "!b" + value.hex()
+        return "!b" + str(value.hex())
     if t is UUID:
-        return "!u" + value.hex
+        return "!u" + str(value.hex)
     if t is dt.datetime:
         return "!t" + escape(value.isoformat())
     if t is dt.date:
-        return "!d" + value.isoformat()
+        return "!d" + str(value.isoformat())
     if t is dt.time:
         return "!h" + escape(value.isoformat())
     if t is dt.timedelta:
@@ -149,9 +149,8 @@ class KeyBuilder:
             TypeError: ``key`` is not a ``str``.
             ValueError: ``key`` is empty.
         """
-        if type(key) is not str:
-            if not isinstance(key, str):
-                raise TypeError(f"cache keys are str, got {type(key).__name__}: {key!r:.60}")
+        if not isinstance(key, str):
+            raise TypeError(f"cache keys are str, got {type(key).__name__}: {key!r:.60}")
         if not key:
             raise ValueError("cache key is empty")
         full = self.prefix + key
@@ -204,7 +203,7 @@ def call_key_function(
 
     def bind(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         if simple and len(args) <= len(names):
-            values = dict(zip(names, args))
+            values = dict(zip(names, args, strict=False))
             if kwargs:
                 if any(k in values or k not in sig.parameters for k in kwargs):
                     return _slow_bind(args, kwargs)

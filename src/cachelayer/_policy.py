@@ -6,7 +6,6 @@ import enum
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Union
 
 from .errors import ConfigurationError
 
@@ -23,7 +22,7 @@ class _Default(enum.Enum):
 #: "Use the Cache's default TTL" (distinct from ``None``, which means "never expires").
 DEFAULT = _Default.DEFAULT
 
-TtlSpec = Union[float, int, str, None, _Default]
+TtlSpec = float | int | str | None | _Default
 
 
 class TtlPolicy:

@@ -143,8 +143,8 @@ def read_through(cache: Cache, key: str, ttl: TtlSpec, errors: ErrorPolicy | Non
                 yield ("delete", [lease])  # let the next caller fill without waiting
             else:
                 assert errors is not None
-                payload = cache._encode_negative(exc_type, exc)
                 seconds = cache._ttl.resolve(errors.ttls[exc_type])
+                payload = cache._encode_negative(exc_type, exc, seconds)
                 yield ("fill", key, payload, seconds, lease, token)
         raise
     duration_ms = int((time.perf_counter() - started) * 1000)

@@ -34,6 +34,20 @@ class Stats:
         "store_errors",
     )
 
+    breaker_opened: int
+    decode_errors: int
+    fills: int
+    fills_rejected: int
+    hits: int
+    invalidation_errors: int
+    load_errors: int
+    loads: int
+    misses: int
+    negative_hits: int
+    sets: int
+    short_circuits: int
+    store_errors: int
+
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)

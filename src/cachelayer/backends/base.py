@@ -104,7 +104,9 @@ class SyncAsAsync:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self._store.get_many(keys)
 
-    async def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
+    async def set(
+        self, key: str, value: bytes, ttl: float | None, void: str | None = None
+    ) -> None:
         self._store.set(key, value, ttl, void)
 
     async def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
@@ -116,7 +118,9 @@ class SyncAsAsync:
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return self._store.add(key, value, ttl)
 
-    async def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
+    async def fill(
+        self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
+    ) -> bool:
         return self._store.fill(key, value, ttl, lease, token)
 
     async def clear(self, prefix: str) -> int:

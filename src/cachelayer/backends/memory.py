@@ -179,6 +179,9 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __bool__(self) -> bool:
+        return True  # an empty store is still a store (``store or default`` must not skip it)
+
     @property
     def bytes_used(self) -> int:
         """Bytes charged against ``max_bytes`` now (expired entries count until touched)."""

@@ -11,7 +11,7 @@ Guarded writes are Lua scripts, each touching one key and its lease (one cluster
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
@@ -96,7 +96,7 @@ class RedisStore:
         client: redis.Redis | None = None,
         **options: Any,
     ) -> None:
-        redis = _import_redis()
+        redis_py = _import_redis()
         self.url = _normalise_url(url)
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -108,8 +108,9 @@ class RedisStore:
             **options,
         }
         self._owns_client = client is None
-        self.client: redis.Redis = client or redis.Redis.from_url(self.url, **self._options)
+        self.client: redis.Redis = client or redis_py.Redis.from_url(self.url, **self._options)
         self._pool = self.client.connection_pool
+        self._cmd: Callable[..., Any] = self.client.execute_command
         self._fill = self.client.register_script(_FILL)
         self._set_void = self.client.register_script(_SET_VOID)
         self._async: AsyncRedisStore | None = None
@@ -130,11 +131,11 @@ class RedisStore:
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(self.client.execute_command("MGET", *keys))
+        return list(self._cmd("MGET", *keys))
 
     def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
         if void is None:
-            self.client.execute_command(*_set_args(key, value, ttl))
+            self._cmd(*_set_args(key, value, ttl))
         else:
             self._set_void(keys=[key, void], args=[value, _ms(ttl)])
 
@@ -144,14 +145,14 @@ class RedisStore:
             if i < len(void):
                 self._set_void(keys=[key, void[i]], args=[value, _ms(ttl)], client=pipe)
             else:
-                pipe.execute_command(*_set_args(key, value, ttl))
+                pipe.execute_command(*_set_args(key, value, ttl))  # type: ignore[no-untyped-call]
         pipe.execute()
 
     def delete(self, keys: Sequence[str]) -> int:
-        return int(self.client.execute_command("DEL", *keys)) if keys else 0
+        return int(self._cmd("DEL", *keys)) if keys else 0
 
     def add(self, key: str, value: bytes, ttl: float | None) -> bool:
-        return bool(self.client.execute_command(*_set_args(key, value, ttl), "NX"))
+        return bool(self._cmd(*_set_args(key, value, ttl), "NX"))
 
     def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
         return bool(self._fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
@@ -190,15 +191,15 @@ class AsyncRedisStore:
     def __init__(self, url: str, options: dict[str, Any]) -> None:
         self.url = url
         self._options = dict(options)
-        from redis.asyncio.retry import Retry
+        from redis.asyncio.retry import Retry as AsyncRetry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
-        self._options["retry"] = Retry(NoBackoff(), 0)
+        self._options["retry"] = AsyncRetry(NoBackoff(), 0)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: redis.asyncio.Redis | None = None
+        # redis-py's asyncio client is only partly annotated: held as Any.
+        self._client: Any = None
 
-    def _for_loop(self) -> redis.asyncio.Redis:
+    def _for_loop(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             import redis.asyncio
@@ -227,7 +228,9 @@ class AsyncRedisStore:
             return []
         return list(await self._for_loop().execute_command("MGET", *keys))
 
-    async def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
+    async def set(
+        self, key: str, value: bytes, ttl: float | None, void: str | None = None
+    ) -> None:
         client = self._for_loop()
         if void is None:
             await client.execute_command(*_set_args(key, value, ttl))
@@ -249,7 +252,9 @@ class AsyncRedisStore:
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return bool(await self._for_loop().execute_command(*_set_args(key, value, ttl), "NX"))
 
-    async def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
+    async def fill(
+        self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
+    ) -> bool:
         self._for_loop()
         return bool(await self._fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
 

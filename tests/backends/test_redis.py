@@ -1,0 +1,88 @@
+"""What only the Redis store does: URLs, least-privilege ACL users, unix sockets."""
+
+from __future__ import annotations
+
+import redis
+
+from cachelayer import Cache, CircuitBreaker
+from cachelayer.backends.redis import RedisStore
+from cachelayer.testing import RedisServer
+
+
+def _exercise(cache: Cache) -> None:
+    """Every store operation the Cache performs, checked."""
+    cache.set("a", {"x": 1})
+    assert cache.get("a") == {"x": 1}
+    cache.set_many({"b": 2, "c": 3})
+    assert cache.get_many(["a", "b", "c"]) == {"a": {"x": 1}, "b": 2, "c": 3}
+    assert cache.get_or_load("d", lambda: 4) == 4
+    assert cache.get_or_load("d", lambda: 5) == 4
+    assert cache.delete("a") is True
+    assert cache.delete_many(["b", "c"]) == 2
+    assert cache.clear() >= 1
+    assert cache.stats.store_errors == 0
+    assert cache.stats.invalidation_errors == 0
+
+
+def test_least_privilege_acl_user(private_redis: RedisServer) -> None:
+    """A user limited to its namespace's keys and the commands listed in the docs works."""
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.execute_command(
+        "ACL", "SETUSER", "app", "reset", "on", ">app-pw",
+        "~shop:*", "~{shop:*",
+        "+get", "+mget", "+set", "+del", "+unlink", "+scan", "+ping",
+        "+evalsha", "+eval", "+script|load", "+script|exists",
+    )  # fmt: skip
+    url = f"redis://app:app-pw@127.0.0.1:{private_redis.port}/0"
+    cache = Cache(url, namespace="shop", breaker=CircuitBreaker(threshold=0))
+    _exercise(cache)
+    # The same user cannot touch another namespace: the ACL is what contains it.
+    other = Cache(url, namespace="bank", breaker=CircuitBreaker(threshold=0))
+    other.set("k", 1)
+    assert other.stats.store_errors == 1
+    cache.close()
+    other.close()
+    admin.close()
+
+
+def test_unix_socket(tmp_path: object) -> None:
+    """unix:// URLs reach a server on a socket file."""
+    sock = f"{tmp_path}/redis.sock"
+    with RedisServer(args=("--unixsocket", sock, "--unixsocketperm", "700")):
+        cache = Cache(f"unix://{sock}", namespace="sock")
+        _exercise(cache)
+        cache.close()
+
+
+def test_valkey_scheme_is_redis(redis_url: str) -> None:
+    """valkey:// is the same store as redis:// (configuration, not another backend)."""
+    store = RedisStore(redis_url.replace("redis://", "valkey://"))
+    assert store.url.startswith("redis://")
+    cache = Cache(store, namespace="vk")
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+    cache.clear()
+    cache.close()
+
+
+def test_url_query_overrides_timeouts(redis_url: str) -> None:
+    """socket_timeout in the URL wins over the default, and defaults are short."""
+    default = RedisStore(redis_url)
+    tuned = RedisStore(redis_url + "?socket_timeout=1.5")
+    assert default._pool.connection_kwargs["socket_timeout"] == 0.05
+    assert tuned._pool.connection_kwargs["socket_timeout"] == 1.5
+    assert default._pool.connection_kwargs["retry"].get_retries() == 0
+    default.close()
+    tuned.close()
+
+
+def test_existing_client_is_used_and_not_closed(redis_url: str) -> None:
+    """A caller's own client can back the store and stays open after Cache.close()."""
+    client = redis.Redis.from_url(redis_url)
+    cache = Cache(RedisStore(client=client), namespace="own")
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+    cache.clear()
+    cache.close()
+    assert client.ping() is True
+    client.close()
