@@ -8,20 +8,34 @@ The cache-aside algorithm itself lives in ``_readpath.read_through`` and is driv
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
 from ._envelope import Entry, Serializer
+from ._flight import AsyncFlights, SyncFlights, wait_sync
 from ._keys import KeyBuilder
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
-from ._readpath import FAILED, LOAD, ErrorPolicy, Flow, lease_key, read_through
+from ._readpath import (
+    FAILED,
+    LEAD,
+    LOAD,
+    ErrorPolicy,
+    Flow,
+    ReadOptions,
+    lease_key,
+    plain_get,
+    read_through,
+)
+from ._refresh import Refresher
 from ._stats import RateLimitedLog, Stats
 from .backends import AsyncStore, Store, store_from_url
 from .errors import ConfigurationError, DecodeError, StoreUnavailable
@@ -30,7 +44,9 @@ __all__ = ["Cache"]
 
 log = logging.getLogger("cachelayer.cache")
 
-_INVALIDATING = frozenset({"delete", "clear"})
+_STORE_METHODS = frozenset({"get", "get_many", "add", "fill", "delete", "set", "set_many"})
+#: Tag keys live long enough to outlast any entry stamped with their token.
+DEFAULT_TAG_TTL = 30 * 86400.0
 
 
 def _redact(url: str) -> str:
@@ -64,6 +80,10 @@ class Cache:
             functions never raise store errors either way.
         breaker: the circuit breaker (default: opens after 5 consecutive failures for 5 s).
         lease_ttl: seconds a miss may take to load before its fill is refused.
+        lease_wait: seconds a miss waits for another process's fill of the same key
+            before it loads by itself (without filling).
+        refresh_workers: threads for background refreshes of sync functions.
+        tag_ttl: seconds a tag's token is kept; entries with tags must expire sooner.
         max_key_length: store keys longer than this are shortened with a hash.
         clock: wall-clock seconds, written into entries; injected by tests.
         rng: uniform ``[0, 1)`` source for TTL jitter; injected by tests.
@@ -84,6 +104,9 @@ class Cache:
         on_error: Literal["ignore", "raise"] = "ignore",
         breaker: CircuitBreaker | None = None,
         lease_ttl: float = 10.0,
+        lease_wait: float = 1.0,
+        refresh_workers: int = 4,
+        tag_ttl: float = DEFAULT_TAG_TTL,
         max_key_length: int = 250,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
@@ -92,6 +115,10 @@ class Cache:
             raise ConfigurationError(f"on_error={on_error!r} must be 'ignore' or 'raise'")
         if not lease_ttl > 0:
             raise ConfigurationError(f"lease_ttl={lease_ttl!r} must be > 0")
+        if not lease_wait >= 0:
+            raise ConfigurationError(f"lease_wait={lease_wait!r} must be >= 0")
+        if not tag_ttl > 0:
+            raise ConfigurationError(f"tag_ttl={tag_ttl!r} must be > 0")
         if isinstance(url, str):
             self.url = _redact(url)
             self._store: Store = store_from_url(url)
@@ -113,8 +140,14 @@ class Cache:
         self._raise = on_error == "raise"
         self._breaker = breaker or CircuitBreaker()
         self._clock = clock
+        self._rng = rng
         self._astore: AsyncStore | None = None
         self.lease_ttl = float(lease_ttl)
+        self.lease_wait = float(lease_wait)
+        self.tag_ttl = float(tag_ttl)
+        self._flights = SyncFlights()
+        self._aflights = AsyncFlights()
+        self._refresher = Refresher(refresh_workers)
         self.stats = Stats()
         self._log = RateLimitedLog(log)
 
@@ -141,7 +174,12 @@ class Cache:
         return int(self._clock() * 1000)
 
     def _encode(
-        self, value: Any, seconds: float | None, duration_ms: int = 0, negative: bool = False
+        self,
+        value: Any,
+        seconds: float | None,
+        duration_ms: int = 0,
+        negative: bool = False,
+        tags: Sequence[tuple[str, bytes]] = (),
     ) -> bytes:
         now = self._now_ms()
         fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
@@ -151,6 +189,20 @@ class Cache:
             fresh_until_ms=fresh_until,
             duration_ms=duration_ms,
             negative=negative,
+            tags=tags,
+        )
+
+    @staticmethod
+    def _store_ttl(seconds: float | None, options: ReadOptions) -> float | None:
+        """How long the store keeps an entry: fresh time plus its stale window."""
+        return None if seconds is None else seconds + options.keep
+
+    def _log_refresh_error(self, exc: Exception) -> None:
+        self._log.log(
+            logging.WARNING,
+            "refresh",
+            "cachelayer: a background refresh failed (%s); the current value stays",
+            type(exc).__name__,
         )
 
     def _encode_negative(
@@ -176,51 +228,41 @@ class Cache:
             )
             return None
 
-    def _value(self, raw: Any, default: Any) -> Any:
-        """The live value in ``raw`` bytes, or ``default`` (absent, expired, corrupt, error)."""
-        if raw is not None and raw is not FAILED:
-            entry = self._decode(raw)
-            if (
-                entry is not None
-                and not entry.negative
-                and (not entry.fresh_until_ms or self._now_ms() < entry.fresh_until_ms)
-            ):
-                self.stats.hits += 1
-                return entry.value
-        self.stats.misses += 1
-        return default
-
     # -- guarded store calls: the only places that touch the store -------------------------
 
-    def _call(self, method: str, args: tuple[Any, ...], raising: bool) -> Any:
+    def _call(
+        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
+    ) -> Any:
         if not self._breaker.allow():
-            return self._skipped(method, raising)
+            return self._skipped(method, raising, invalidating)
         try:
             result = getattr(self._store, method)(*args)
         except Exception as exc:
-            return self._failed(method, exc, raising)
+            return self._failed(method, exc, raising, invalidating)
         self._breaker.success()
         return result
 
-    async def _acall(self, method: str, args: tuple[Any, ...], raising: bool) -> Any:
+    async def _acall(
+        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
+    ) -> Any:
         if not self._breaker.allow():
-            return self._skipped(method, raising)
+            return self._skipped(method, raising, invalidating)
         try:
             result = await getattr(self.astore, method)(*args)
         except Exception as exc:
-            return self._failed(method, exc, raising)
+            return self._failed(method, exc, raising, invalidating)
         self._breaker.success()
         return result
 
-    def _skipped(self, method: str, raising: bool) -> Any:
+    def _skipped(self, method: str, raising: bool, invalidating: bool) -> Any:
         self.stats.short_circuits += 1
-        if method in _INVALIDATING:
+        if invalidating:
             self._invalidation_failed(method, "circuit breaker open")
         if raising:
             raise StoreUnavailable(f"store {method} not attempted: the circuit breaker is open")
         return FAILED
 
-    def _failed(self, method: str, exc: Exception, raising: bool) -> Any:
+    def _failed(self, method: str, exc: Exception, raising: bool, invalidating: bool) -> Any:
         if self._breaker.failure():
             self.stats.breaker_opened += 1
             log.warning(
@@ -229,7 +271,7 @@ class Cache:
                 self._breaker.threshold,
                 self._breaker.cooldown,
             )
-        if method in _INVALIDATING:
+        if invalidating:
             self._invalidation_failed(method, f"{type(exc).__name__}: {exc}")
         else:
             self.stats.store_errors += 1
@@ -270,27 +312,65 @@ class Cache:
 
     # -- the read path's shells ------------------------------------------------------------
 
-    def _drive(self, flow: Flow, loader: Callable[[], Any]) -> Any:
+    def _drive(self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False) -> Any:
+        """Run a read-path flow with blocking calls (the sync shell)."""
+        flight = None
+        flight_key = ""
         try:
             op = next(flow)
             while True:
-                if op is LOAD:
+                name = op[0]
+                if name in _STORE_METHODS:
+                    result = self._call(name, op[1:], raising)
+                elif op is LOAD:
+                    assert loader is not None
                     try:
                         result = loader()
                     except Exception as exc:
                         op = flow.throw(exc)
                         continue
-                else:
-                    result = self._call(op[0], op[1:], False)
+                elif name == "flight":
+                    joined, lead = self._flights.join(op[1])
+                    if lead:
+                        flight, flight_key, result = joined, op[1], LEAD
+                    else:
+                        result = wait_sync(joined)
+                elif name == "publish":
+                    if flight is not None:
+                        flight.publish(op[1], op[2])
+                    result = None
+                elif name == "sleep":
+                    time.sleep(op[1])
+                    result = None
+                else:  # "refresh"
+                    refresh_flow = op[2]
+                    self._refresher.submit(op[1], lambda: self._drive(refresh_flow, loader))
+                    result = None
                 op = flow.send(result)
         except StopIteration as stop:
             return stop.value
+        except BaseException as exc:
+            if flight is not None:
+                flight.fail(exc)
+            raise
+        finally:
+            if flight is not None:
+                self._flights.finish(flight_key, flight)
 
-    async def _adrive(self, flow: Flow, loader: Callable[[], Any]) -> Any:
+    async def _adrive(
+        self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False
+    ) -> Any:
+        """Run a read-path flow with ``await`` (the async shell)."""
+        flight = None
+        flight_key = ""
         try:
             op = next(flow)
             while True:
-                if op is LOAD:
+                name = op[0]
+                if name in _STORE_METHODS:
+                    result = await self._acall(name, op[1:], raising)
+                elif op is LOAD:
+                    assert loader is not None
                     try:
                         result = loader()
                         if inspect.isawaitable(result):
@@ -298,11 +378,34 @@ class Cache:
                     except Exception as exc:
                         op = flow.throw(exc)
                         continue
-                else:
-                    result = await self._acall(op[0], op[1:], False)
+                elif name == "flight":
+                    joined, lead = self._aflights.join(op[1])
+                    if lead:
+                        flight, flight_key, result = joined, op[1], LEAD
+                    else:
+                        await joined.event.wait()  # type: ignore[misc]
+                        result = joined
+                elif name == "publish":
+                    if flight is not None:
+                        flight.publish(op[1], op[2])
+                    result = None
+                elif name == "sleep":
+                    await asyncio.sleep(op[1])
+                    result = None
+                else:  # "refresh"
+                    refresh_flow = op[2]
+                    self._refresher.spawn(op[1], lambda: self._adrive(refresh_flow, loader))
+                    result = None
                 op = flow.send(result)
         except StopIteration as stop:
             return stop.value
+        except BaseException as exc:
+            if flight is not None:
+                flight.fail(exc)
+            raise
+        finally:
+            if flight is not None:
+                self._aflights.finish(flight_key, flight)
 
     # -- the API, sync and async pairs -------------------------------------------------------
 
@@ -312,12 +415,33 @@ class Cache:
         Raises:
             StoreUnavailable: only with ``on_error="raise"``, when the store fails.
         """
-        return self._value(self._call("get", (self._keys.full(key),), self._raise), default)
+        value = self._drive(plain_get(self, [self._keys.full(key)]), None, self._raise)[0]
+        return default if value is FAILED else value
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """``get`` for asyncio code."""
-        raw = await self._acall("get", (self._keys.full(key),), self._raise)
-        return self._value(raw, default)
+        flow = plain_get(self, [self._keys.full(key)])
+        value = (await self._adrive(flow, None, self._raise))[0]
+        return default if value is FAILED else value
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` for the keys that hold a live value; one round trip."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        values = self._drive(
+            plain_get(self, [self._keys.full(k) for k in keys]), None, self._raise
+        )
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``get_many`` for asyncio code."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        flow = plain_get(self, [self._keys.full(k) for k in keys])
+        values = await self._adrive(flow, None, self._raise)
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
 
     def _set_args(self, key: str, value: Any, ttl: TtlSpec) -> tuple[Any, ...]:
         full = self._keys.full(key)
@@ -340,63 +464,6 @@ class Cache:
         """``set`` for asyncio code."""
         await self._acall("set", self._set_args(key, value, ttl), self._raise)
 
-    def _delete_args(self, keys: Iterable[str]) -> tuple[list[str]]:
-        doomed: list[str] = []
-        for key in keys:
-            full = self._keys.full(key)
-            doomed += (full, lease_key(full))
-        return (doomed,)
-
-    def delete(self, key: str) -> bool:
-        """Remove ``key`` and void fills in flight for it; True if something was there.
-
-        A failure is never raised (unless ``on_error="raise"``) but counted as
-        ``invalidation_errors`` and logged at WARNING: the old value may live to its TTL.
-        """
-        return self._delete_result(self._call("delete", self._delete_args([key]), self._raise))
-
-    async def adelete(self, key: str) -> bool:
-        """``delete`` for asyncio code."""
-        result = await self._acall("delete", self._delete_args([key]), self._raise)
-        return self._delete_result(result)
-
-    @staticmethod
-    def _delete_result(result: Any) -> bool:
-        return result is not FAILED and result > 0
-
-    invalidate = delete
-    ainvalidate = adelete
-
-    def _invalidate_full(self, full: str) -> bool:
-        return self._delete_result(self._call("delete", ([full, lease_key(full)],), False))
-
-    async def _ainvalidate_full(self, full: str) -> bool:
-        result = await self._acall("delete", ([full, lease_key(full)],), False)
-        return self._delete_result(result)
-
-    def _many_result(self, keys: list[str], raws: Any) -> dict[str, Any]:
-        if raws is FAILED:
-            self.stats.misses += len(keys)
-            return {}
-        found = {}
-        for key, raw in zip(keys, raws, strict=True):
-            value = self._value(raw, FAILED)
-            if value is not FAILED:
-                found[key] = value
-        return found
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys that hold a live value; one round trip."""
-        keys = list(keys)
-        fulls = [self._keys.full(k) for k in keys]
-        return self._many_result(keys, self._call("get_many", (fulls,), self._raise))
-
-    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``get_many`` for asyncio code."""
-        keys = list(keys)
-        fulls = [self._keys.full(k) for k in keys]
-        return self._many_result(keys, await self._acall("get_many", (fulls,), self._raise))
-
     def _set_many_args(self, mapping: Mapping[str, Any], ttl: TtlSpec) -> tuple[Any, ...]:
         items, void = [], []
         for key, value in mapping.items():
@@ -413,15 +480,94 @@ class Cache:
         """``set_many`` for asyncio code."""
         await self._acall("set_many", self._set_many_args(mapping, ttl), self._raise)
 
+    def _delete_args(self, keys: Iterable[str], full: bool = False) -> tuple[list[str]]:
+        doomed: list[str] = []
+        for key in keys:
+            store_key = key if full else self._keys.full(key)
+            doomed += (store_key, lease_key(store_key))
+        return (doomed,)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` and void fills in flight for it; True if something was there.
+
+        A failure is never raised (unless ``on_error="raise"``) but counted as
+        ``invalidation_errors`` and logged at WARNING: the old value may live to its TTL.
+        """
+        result = self._call("delete", self._delete_args([key]), self._raise, True)
+        return result is not FAILED and result > 0
+
+    async def adelete(self, key: str) -> bool:
+        """``delete`` for asyncio code."""
+        result = await self._acall("delete", self._delete_args([key]), self._raise, True)
+        return result is not FAILED and result > 0
+
+    #: ``invalidate(key)``: the same as ``delete``, named for the write path.
+    invalidate = delete
+    ainvalidate = adelete
+
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for each key in one step; returns how many store keys existed."""
-        result = self._call("delete", self._delete_args(keys), self._raise)
+        result = self._call("delete", self._delete_args(keys), self._raise, True)
         return 0 if result is FAILED else int(result)
 
     async def adelete_many(self, keys: Iterable[str]) -> int:
         """``delete_many`` for asyncio code."""
-        result = await self._acall("delete", self._delete_args(keys), self._raise)
+        result = await self._acall("delete", self._delete_args(keys), self._raise, True)
         return 0 if result is FAILED else int(result)
+
+    def _tag_args(self, tags: Iterable[str]) -> tuple[Any, ...]:
+        items = [(self._keys.tag(tag), os.urandom(8), self.tag_ttl) for tag in tags]
+        return (items,)
+
+    def invalidate_tags(self, *tags: str) -> bool:
+        """Invalidate every entry cached with any of ``tags``, in O(1) per tag.
+
+        Each tag has a token in the store; an entry records the tokens it was computed
+        under and is a miss once one of them changed. This call replaces the tokens, so
+        every process sees it at once. Returns False (and counts an invalidation error)
+        when the store failed.
+        """
+        if not tags:
+            return True
+        return self._call("set_many", self._tag_args(tags), self._raise, True) is not FAILED
+
+    async def ainvalidate_tags(self, *tags: str) -> bool:
+        """``invalidate_tags`` for asyncio code."""
+        if not tags:
+            return True
+        result = await self._acall("set_many", self._tag_args(tags), self._raise, True)
+        return result is not FAILED
+
+    def invalidate_after_commit(
+        self,
+        on_commit: Callable[[Callable[[], None]], object],
+        *,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+    ) -> None:
+        """Invalidate ``keys`` and ``tags`` once the caller's transaction has committed.
+
+        ``on_commit`` registers a callback to run after the commit: Django's
+        ``transaction.on_commit``, or a SQLAlchemy ``after_commit`` hook. Invalidating
+        before the commit would let a reader load and cache the old row again.
+        """
+        keys, tags = list(keys), list(tags)
+
+        def run() -> None:
+            if keys:
+                self.delete_many(keys)
+            if tags:
+                self.invalidate_tags(*tags)
+
+        on_commit(run)
+
+    def _invalidate_full(self, full: str) -> bool:
+        result = self._call("delete", self._delete_args([full], full=True), False, True)
+        return result is not FAILED and result > 0
+
+    async def _ainvalidate_full(self, full: str) -> bool:
+        result = await self._acall("delete", self._delete_args([full], full=True), False, True)
+        return result is not FAILED and result > 0
 
     def get_or_load(
         self,
@@ -430,16 +576,21 @@ class Cache:
         ttl: TtlSpec = DEFAULT,
         *,
         cache_errors: Mapping[type[BaseException], float] | None = None,
+        stale_ttl: float = 0.0,
+        stale_if_error: float = 0.0,
+        early_refresh: float = 1.0,
+        tags: Sequence[str] = (),
     ) -> Any:
         """The cached value for ``key``; on a miss, ``loader()``'s value, cached for ``ttl``.
 
         Never raises a store error: with the store down, the loader's value is returned.
         The loader's own exceptions reach the caller unchanged; those whose type is in
-        ``cache_errors`` (type -> seconds) are cached and re-raised without a load.
+        ``cache_errors`` (type -> seconds) are cached and re-raised without a load. The
+        other options are those of :meth:`cached`.
         """
-        self._ttl.check(ttl)
-        errors = ErrorPolicy(cache_errors) if cache_errors else None
-        return self._drive(read_through(self, self._keys.full(key), ttl, errors), loader)
+        options = self._options(ttl, cache_errors, stale_ttl, stale_if_error, early_refresh)
+        tag_keys = [self._keys.tag(t) for t in tags]
+        return self._drive(read_through(self, self._keys.full(key), options, tag_keys), loader)
 
     async def aget_or_load(
         self,
@@ -448,11 +599,41 @@ class Cache:
         ttl: TtlSpec = DEFAULT,
         *,
         cache_errors: Mapping[type[BaseException], float] | None = None,
+        stale_ttl: float = 0.0,
+        stale_if_error: float = 0.0,
+        early_refresh: float = 1.0,
+        tags: Sequence[str] = (),
     ) -> Any:
         """``get_or_load`` for asyncio code; ``loader`` may be sync or return an awaitable."""
-        self._ttl.check(ttl)
-        errors = ErrorPolicy(cache_errors) if cache_errors else None
-        return await self._adrive(read_through(self, self._keys.full(key), ttl, errors), loader)
+        options = self._options(ttl, cache_errors, stale_ttl, stale_if_error, early_refresh)
+        tag_keys = [self._keys.tag(t) for t in tags]
+        flow = read_through(self, self._keys.full(key), options, tag_keys)
+        return await self._adrive(flow, loader)
+
+    def _options(
+        self,
+        ttl: TtlSpec,
+        cache_errors: Mapping[type[BaseException], float] | None,
+        stale_ttl: float,
+        stale_if_error: float,
+        early_refresh: float,
+        tagged: bool = False,
+    ) -> ReadOptions:
+        seconds = self._ttl.check(ttl)
+        options = ReadOptions(
+            ttl,
+            ErrorPolicy(cache_errors) if cache_errors else None,
+            stale_ttl,
+            stale_if_error,
+            early_refresh,
+        )
+        longest = None if seconds is None else seconds * (1 + self._ttl.jitter) + options.keep
+        if tagged and (longest is None or longest >= self.tag_ttl):
+            raise ConfigurationError(
+                f"an entry with tags must expire well before tag_ttl={self.tag_ttl:.0f} s "
+                f"(ttl={ttl!r} plus its stale window is too long)"
+            )
+        return options
 
     def cached(
         self,
@@ -460,6 +641,11 @@ class Cache:
         *,
         key: str | Callable[..., str] | None = None,
         cache_errors: Mapping[type[BaseException], float] | None = None,
+        stale_ttl: float = 0.0,
+        stale_if_error: float = 0.0,
+        early_refresh: float = 1.0,
+        tags: Sequence[str] = (),
+        refresh_after_write: bool = False,
     ) -> CacheDecorator:
         """Decorate a function (def or async def) so its results are cached.
 
@@ -469,32 +655,49 @@ class Cache:
                 function's signature returning the key, or ``None`` for the qualified name
                 and every argument.
             cache_errors: exception type -> seconds to cache that failure (negative caching).
+            stale_ttl: serve an expired value for this many more seconds while one
+                background refresh (across all processes) replaces it.
+            stale_if_error: for this many seconds after expiry, a failing load returns the
+                expired value instead of raising.
+            early_refresh: XFetch beta (0 turns it off): hits shortly before expiry
+                refresh in the background, with a probability that grows as expiry nears.
+            tags: templates like ``"user:{user_id}"``; ``cache.invalidate_tags("user:42")``
+                drops every entry carrying that tag.
+            refresh_after_write: after ``.invalidate(...)``, load the entry again in the
+                background so the next reader hits.
 
         The wrapper has ``.invalidate(*args, **kwargs)``, ``.ainvalidate(...)``,
         ``.uncached(*args, **kwargs)`` and ``.key(*args, **kwargs)``.
 
         Raises:
-            ConfigurationError: at decoration time, for a bad TTL or a template naming a
-                parameter the function does not have.
+            ConfigurationError: at decoration time, for a bad TTL or option, or a template
+                naming a parameter the function does not have.
         """
-        return make_cached(self, ttl=ttl, key=key, cache_errors=cache_errors)
+        options = self._options(
+            ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
+        )
+        return make_cached(
+            self, options, key=key, tags=tags, refresh_after_write=refresh_after_write
+        )
 
     def clear(self) -> int:
         """Delete every entry of this namespace and version; returns how many."""
-        result = self._call("clear", (self._keys.prefix,), self._raise)
+        result = self._call("clear", (self._keys.prefix,), self._raise, True)
         return 0 if result is FAILED else int(result)
 
     async def aclear(self) -> int:
         """``clear`` for asyncio code."""
-        result = await self._acall("clear", (self._keys.prefix,), self._raise)
+        result = await self._acall("clear", (self._keys.prefix,), self._raise, True)
         return 0 if result is FAILED else int(result)
 
     def close(self) -> None:
-        """Close the store's connections (the sync face)."""
+        """Finish background refreshes, then close the store's connections."""
+        self._refresher.close()
         self._store.close()
 
     async def aclose(self) -> None:
-        """Close the asyncio face's connections, then the sync face's."""
+        """Cancel this loop's background refreshes, then close both faces' connections."""
+        await self._refresher.aclose()
         if self._astore is not None:
             await self._astore.close()
         self._store.close()

@@ -8,14 +8,14 @@ see the wrapped signature) that carries ``invalidate``, ``ainvalidate``, ``uncac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._keys import call_key_function
-from ._policy import TtlSpec
-from ._readpath import ErrorPolicy, read_through
+from ._readpath import Flow, ReadOptions, read_through, refresh
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -80,41 +80,69 @@ class CacheDecorator(Protocol):
 
 def make_cached(
     cache: Cache,
+    options: ReadOptions,
     *,
-    ttl: TtlSpec,
     key: str | Callable[..., str] | None,
-    cache_errors: Mapping[type[BaseException], float] | None,
+    tags: Sequence[str],
+    refresh_after_write: bool,
 ) -> CacheDecorator:
     """Build the decorator; validates everything it can before the first call."""
-    cache._ttl.check(ttl)
-    errors = ErrorPolicy(cache_errors) if cache_errors else None
 
     def decorate(func: Callable[..., Any]) -> Any:
         keyfn = call_key_function(func, key)
+        tagfns = [call_key_function(func, t) for t in tags]
         full = cache._keys.full
+        tag = cache._keys.tag
+        is_async = inspect.iscoroutinefunction(func)
 
         def store_key(*args: Any, **kwargs: Any) -> str:
             return full(keyfn(args, kwargs))
 
+        def flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Flow:
+            tag_keys = [tag(fn(args, kwargs)) for fn in tagfns] if tagfns else ()
+            return read_through(cache, full(keyfn(args, kwargs)), options, tag_keys)
+
+        def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            store = full(keyfn(args, kwargs))
+            tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
+            warm = refresh(cache, store, options, tag_keys)
+            if is_async:
+                job = lambda: asyncio.run(cache._adrive(warm, lambda: func(*args, **kwargs)))  # noqa: E731
+            else:
+                job = lambda: cache._drive(warm, lambda: func(*args, **kwargs))  # noqa: E731
+            cache._refresher.submit(store, job)
+
         def invalidate(*args: Any, **kwargs: Any) -> bool:
-            return cache._invalidate_full(full(keyfn(args, kwargs)))
+            done = cache._invalidate_full(full(keyfn(args, kwargs)))
+            if refresh_after_write:
+                rewarm(args, kwargs)
+            return done
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
-            return await cache._ainvalidate_full(full(keyfn(args, kwargs)))
+            store = full(keyfn(args, kwargs))
+            done = await cache._ainvalidate_full(store)
+            if refresh_after_write:
+                if is_async:
+                    tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
+                    warm = refresh(cache, store, options, tag_keys)
+                    cache._refresher.spawn(
+                        store, lambda: cache._adrive(warm, lambda: func(*args, **kwargs))
+                    )
+                else:
+                    rewarm(args, kwargs)
+            return done
 
         wrapper: Any
-        if inspect.iscoroutinefunction(func):
+        if is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                flow = read_through(cache, full(keyfn(args, kwargs)), ttl, errors)
-                return await cache._adrive(flow, lambda: func(*args, **kwargs))
+                return await cache._adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
 
             wrapper = async_wrapper
         else:
 
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                flow = read_through(cache, full(keyfn(args, kwargs)), ttl, errors)
-                return cache._drive(flow, lambda: func(*args, **kwargs))
+                return cache._drive(flow(args, kwargs), lambda: func(*args, **kwargs))
 
             wrapper = sync_wrapper
         functools.update_wrapper(wrapper, func)

@@ -6,13 +6,16 @@
     0      2     magic b"cL"
     2      1     format version (1)
     3      1     codec id (1 JSON, 2 msgpack, 3 pickle)
-    4      1     flags (bit 0 zstd, bit 1 signed, bit 2 negative entry, bit 3 tagged JSON)
+    4      1     flags (bit 0 zstd, bit 1 signed, bit 2 negative entry, bit 3 tagged JSON,
+                 bit 4 tag section present)
     5      1     reserved, 0
     6      4     load duration in ms (uint32, big-endian), for early refresh
     10     8     written at, ms since the Unix epoch (uint64)
     18     8     fresh until, ms since the Unix epoch (uint64, 0 = no expiry)
-    26     n     payload (zstd-compressed when bit 0 is set)
-    26+n   32    HMAC-SHA256 over bytes [0, 26+n) when bit 1 is set
+    26     t     tag section when bit 4 is set: count (uint8), then per tag: key length
+                 (uint16), key (UTF-8), token length (uint8), token
+    26+t   n     payload (zstd-compressed when bit 0 is set)
+    26+t+n 32    HMAC-SHA256 over every byte before it, when bit 1 is set
 
 Decoding checks every field and raises :class:`~cachelayer.errors.DecodeError` on
 anything it does not understand, so the Cache can treat it as a miss.
@@ -45,7 +48,8 @@ VERSION = 1
 FLAG_ZSTD = 0x01
 FLAG_SIGNED = 0x02
 FLAG_NEGATIVE = 0x04
-_KNOWN_FLAGS = FLAG_ZSTD | FLAG_SIGNED | FLAG_NEGATIVE | FLAG_TAGGED
+FLAG_TAGS = 0x10
+_KNOWN_FLAGS = FLAG_ZSTD | FLAG_SIGNED | FLAG_NEGATIVE | FLAG_TAGGED | FLAG_TAGS
 _HEADER = struct.Struct(">2sBBBBIQQ")
 HEADER_SIZE = _HEADER.size  # 26
 MAC_SIZE = 32
@@ -58,20 +62,71 @@ MAX_DECOMPRESSED = 512 * 1024 * 1024
 class Entry:
     """A decoded envelope."""
 
-    __slots__ = ("duration_ms", "fresh_until_ms", "negative", "value", "written_ms")
+    __slots__ = ("duration_ms", "fresh_until_ms", "negative", "raw", "tags", "value", "written_ms")
 
     def __init__(
-        self, value: Any, negative: bool, duration_ms: int, written_ms: int, fresh_until_ms: int
+        self,
+        value: Any,
+        negative: bool,
+        duration_ms: int,
+        written_ms: int,
+        fresh_until_ms: int,
+        tags: list[tuple[str, bytes]],
+        raw: bytes,
     ) -> None:
         self.value = value
         self.negative = negative
         self.duration_ms = duration_ms
         self.written_ms = written_ms
         self.fresh_until_ms = fresh_until_ms
+        #: (tag key, token) pairs the entry was computed under; it is valid only while
+        #: every tag key still holds its token.
+        self.tags = tags
+        #: the envelope bytes this entry was decoded from
+        self.raw = raw
+
+
+def _pack_tags(tags: Sequence[tuple[str, bytes]]) -> bytes:
+    if len(tags) > 255:
+        raise ValueError(f"an entry can carry at most 255 tags, not {len(tags)}")
+    out = [bytes((len(tags),))]
+    for key, token in tags:
+        raw_key = key.encode("utf-8", "surrogatepass")
+        if len(raw_key) > 65535 or len(token) > 255:
+            raise ValueError("tag key or token too long")
+        out += (len(raw_key).to_bytes(2, "big"), raw_key, bytes((len(token),)), token)
+    return b"".join(out)
+
+
+def _unpack_tags(body: bytes) -> tuple[list[tuple[str, bytes]], int]:
+    """Parse the tag section at HEADER_SIZE; return the tags and where the payload starts."""
+    pos = HEADER_SIZE
+    count = body[pos]
+    pos += 1
+    tags = []
+    for _ in range(count):
+        klen = int.from_bytes(body[pos : pos + 2], "big")
+        key = body[pos + 2 : pos + 2 + klen].decode("utf-8", "surrogatepass")
+        pos += 2 + klen
+        tlen = body[pos]
+        token = body[pos + 1 : pos + 1 + tlen]
+        if len(token) != tlen:
+            raise DecodeError("tag section is truncated")
+        tags.append((key, token))
+        pos += 1 + tlen
+    return tags, pos
 
 
 def _as_key(key: bytes | str) -> bytes:
-    raw = key.encode() if isinstance(key, str) else bytes(key)
+    if isinstance(key, str):
+        raw = key.encode()
+    elif isinstance(key, bytes):
+        raw = key
+    else:
+        # bytes(int) would silently build an all-zero key (a bytearray key iterates as ints)
+        raise ConfigurationError(
+            f"signing_key must be bytes or str (or a sequence of them), not {type(key).__name__}"
+        )
     if len(raw) < 16:
         raise ConfigurationError("signing_key must be at least 16 bytes long")
     return raw
@@ -155,6 +210,7 @@ class Serializer:
         fresh_until_ms: int,
         duration_ms: int = 0,
         negative: bool = False,
+        tags: Sequence[tuple[str, bytes]] = (),
     ) -> bytes:
         """Encode ``value`` into envelope bytes.
 
@@ -171,6 +227,8 @@ class Serializer:
                 flags |= FLAG_ZSTD
         if self._keys:
             flags |= FLAG_SIGNED
+        if tags:
+            flags |= FLAG_TAGS
         head = _HEADER.pack(
             MAGIC,
             VERSION,
@@ -181,6 +239,8 @@ class Serializer:
             written_ms,
             fresh_until_ms,
         )
+        if tags:
+            head += _pack_tags(tags)
         if not self._keys:
             return head + payload
         body = head + payload
@@ -193,7 +253,9 @@ class Serializer:
             DecodeError: the bytes are not a valid envelope this Serializer may read.
         """
         try:
-            magic, version, codec_id, flags, _, duration, written, fresh = _HEADER.unpack_from(raw)
+            magic, version, codec_id, flags, reserved, duration, written, fresh = (
+                _HEADER.unpack_from(raw)
+            )
         except struct.error:
             raise DecodeError(f"{len(raw)} bytes are too short for an envelope") from None
         if magic != MAGIC:
@@ -202,6 +264,8 @@ class Serializer:
             raise DecodeError(f"envelope format version {version} is not supported")
         if flags & ~_KNOWN_FLAGS:
             raise DecodeError(f"envelope has unknown flags {flags:#04x}")
+        if reserved:
+            raise DecodeError(f"envelope reserved byte is {reserved}, not 0")
         if flags & FLAG_SIGNED:
             if not self._keys:
                 raise DecodeError("signed envelope, but this Cache has no signing_key")
@@ -211,11 +275,20 @@ class Serializer:
                 for k in self._keys
             ):
                 raise DecodeError("envelope signature does not verify")
-            payload = body[HEADER_SIZE:]
         elif self._keys:
             raise DecodeError("unsigned envelope, but this Cache requires signatures")
         else:
-            payload = raw[HEADER_SIZE:]
+            body = raw
+        tags: list[tuple[str, bytes]] = []
+        start = HEADER_SIZE
+        if flags & FLAG_TAGS:
+            try:
+                tags, start = _unpack_tags(body)
+            except (IndexError, UnicodeDecodeError):
+                raise DecodeError("tag section does not parse") from None
+            if start > len(body):
+                raise DecodeError("tag section is truncated")
+        payload = body[start:] if start < len(body) else b""
         codec = self._decoders.get(codec_id)
         if codec is None:
             raise DecodeError(f"codec id {codec_id} is unknown or not enabled here")
@@ -225,10 +298,10 @@ class Serializer:
                 size = zstandard.frame_content_size(payload)
                 if size < 0 or size > MAX_DECOMPRESSED:
                     raise DecodeError(f"compressed payload declares {size} bytes")
-                payload = self._zstd()[1].decompress(payload)
+                payload = self._zstd()[1].decompress(payload, allow_extra_data=False)
             value = codec.decode(payload, flags)
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError(f"payload does not decode: {type(exc).__name__}") from exc
-        return Entry(value, bool(flags & FLAG_NEGATIVE), duration, written, fresh)
+        return Entry(value, bool(flags & FLAG_NEGATIVE), duration, written, fresh, tags, raw)

@@ -30,8 +30,12 @@ _SAFE = "_.-"
 
 
 def escape(text: str) -> str:
-    """Percent-encode everything but ``[A-Za-z0-9_.~-]`` (UTF-8 bytes, upper-case hex)."""
-    return quote(text, safe=_SAFE)
+    """Percent-encode everything but ``[A-Za-z0-9_.~-]`` (UTF-8 bytes, upper-case hex).
+
+    Lone surrogates are encoded as their 3-byte ``surrogatepass`` sequences, so any ``str``
+    (one decoded from untrusted JSON, say) renders, and distinct strings stay distinct.
+    """
+    return quote(text, safe=_SAFE, errors="surrogatepass")
 
 
 def _render_str(text: str) -> str:
@@ -124,8 +128,8 @@ class KeyBuilder:
     Args:
         namespace: the application's name in a shared store; ``[A-Za-z0-9_.-]+``.
         version: bump it on a deploy that changes what is cached, to orphan the old keys.
-        max_length: store keys longer than this keep a readable head and end in
-            ``#<blake2b-128 hex>`` of the whole key.
+        max_length: store keys of this many characters or more are cut to exactly this
+            length: a readable head, then ``#<blake2b-128 hex>`` of the whole key.
     """
 
     def __init__(self, namespace: str, version: int | str = 1, max_length: int = 250) -> None:
@@ -154,10 +158,21 @@ class KeyBuilder:
         if not key:
             raise ValueError("cache key is empty")
         full = self.prefix + key
-        if len(full) <= self.max_length:
+        # A shortened key is exactly max_length long, so only keys shorter than that are
+        # kept as they are: a caller's key can never spell another key's shortened form.
+        if len(full) < self.max_length:
             return full
         digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=16)
         return full[: self.max_length - 33] + "#" + digest.hexdigest()
+
+    def tag(self, tag: str) -> str:
+        """The store key holding a tag's token: ``{<prefix>tags}:<tag>``.
+
+        Every tag of a namespace shares one Redis Cluster slot, so one MGET reads them.
+        """
+        if not isinstance(tag, str) or not tag:
+            raise TypeError(f"a tag is a non-empty str, not {tag!r:.60}")
+        return "{" + self.prefix + "tags}:" + tag
 
     def pattern(self) -> str:
         """A glob that matches every key of this namespace and version (for SCAN)."""

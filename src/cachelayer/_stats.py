@@ -21,31 +21,47 @@ class Stats:
     __slots__ = (
         "breaker_opened",
         "decode_errors",
+        "early_refreshes",
         "fills",
         "fills_rejected",
+        "flight_joins",
         "hits",
         "invalidation_errors",
+        "lease_timeouts",
+        "lease_waits",
         "load_errors",
         "loads",
         "misses",
         "negative_hits",
+        "refresh_errors",
+        "refreshes",
         "sets",
         "short_circuits",
+        "stale_hits",
+        "stale_on_error",
         "store_errors",
     )
 
     breaker_opened: int
     decode_errors: int
+    early_refreshes: int
     fills: int
     fills_rejected: int
+    flight_joins: int
     hits: int
     invalidation_errors: int
+    lease_timeouts: int
+    lease_waits: int
     load_errors: int
     loads: int
     misses: int
     negative_hits: int
+    refresh_errors: int
+    refreshes: int
     sets: int
     short_circuits: int
+    stale_hits: int
+    stale_on_error: int
     store_errors: int
 
     def __init__(self) -> None:
