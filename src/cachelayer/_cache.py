@@ -9,6 +9,7 @@ The cache-aside algorithm itself lives in ``_readpath.read_through`` and is driv
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -343,8 +344,7 @@ class Cache:
                     time.sleep(op[1])
                     result = None
                 else:  # "refresh"
-                    refresh_flow = op[2]
-                    self._refresher.submit(op[1], lambda: self._drive(refresh_flow, loader))
+                    self._refresher.submit(op[1], functools.partial(self._drive, op[2], loader))
                     result = None
                 op = flow.send(result)
         except StopIteration as stop:
@@ -393,8 +393,7 @@ class Cache:
                     await asyncio.sleep(op[1])
                     result = None
                 else:  # "refresh"
-                    refresh_flow = op[2]
-                    self._refresher.spawn(op[1], lambda: self._adrive(refresh_flow, loader))
+                    self._refresher.spawn(op[1], functools.partial(self._adrive, op[2], loader))
                     result = None
                 op = flow.send(result)
         except StopIteration as stop:

@@ -368,10 +368,25 @@ class MsgpackCodec:
         raise ValueError(f"unknown msgpack extension code {code}")
 
     def encode(self, value: Any) -> tuple[bytes, int]:
+        _refuse_bytes_like(value)
         return self._pack(value), 0
 
     def decode(self, payload: bytes, flags: int) -> Any:
         return self._unpack(payload)
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _refuse_bytes_like(value: Any) -> None:
+    """msgpack packs bytearray and memoryview as bin even with strict_types, so they would
+    come back as bytes: refuse them, as the JSON codec does."""
+    t = type(value)
+    if t is bytearray or t is memoryview:
+        raise _unsupported(value)
+    if t in _CONTAINERS:
+        for item in value.items() if t is dict else value:
+            _refuse_bytes_like(item)
 
 
 class PickleCodec:

@@ -94,7 +94,7 @@ def render(value: Any, name: str = "argument") -> str:
         return _render_seq("![", [render(v, name) for v in value], "]")
     if t is dict:
         items = sorted(f"{render(k, name)}={render(v, name)}" for k, v in value.items())
-        return _render_seq("!{", items, "}")
+        return _render_seq("!m(", items, ")")
     if t is set or t is frozenset:
         items = sorted(render(v, name) for v in value)
         return _render_seq("!<" if t is set else "!z<", items, ">")
@@ -109,16 +109,30 @@ def render(value: Any, name: str = "argument") -> str:
     )
 
 
+def has_hash_tag(key: str) -> bool:
+    """Does Redis Cluster hash only part of ``key``? (a first ``{`` with a later ``}``
+    and something between them)"""
+    start = key.find("{")
+    if start == -1:
+        return False
+    end = key.find("}", start + 1)
+    return end > start + 1
+
+
 def derived_key(key: str, suffix: str) -> str:
     """A key for data about ``key`` (its lease, say) that hashes to ``key``'s cluster slot.
 
-    Redis Cluster hashes only the first non-empty ``{...}`` of a key when there is one.
+    Redis Cluster hashes only the first non-empty ``{...}`` of a key when there is one,
+    else the whole key; a key without a tag is wrapped in one.
+
+    Raises:
+        ValueError: ``key`` holds a ``}`` but no hash tag: no derived key can share its
+            slot (:meth:`KeyBuilder.full` never returns such a key).
     """
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return f"{key}:{suffix}"
+    if has_hash_tag(key):
+        return f"{key}:{suffix}"
+    if "}" in key:
+        raise ValueError(f"key {key!r:.80} holds '}}' outside a hash tag")
     return f"{{{key}}}:{suffix}"
 
 
@@ -158,6 +172,11 @@ class KeyBuilder:
         if not key:
             raise ValueError("cache key is empty")
         full = self.prefix + key
+        if "}" in full and not has_hash_tag(full):
+            raise ValueError(
+                f"cache key {key!r:.80} holds '}}' outside a {{hash tag}}: braces in keys are "
+                "reserved for Redis Cluster hash tags"
+            )
         # A shortened key is exactly max_length long, so only keys shorter than that are
         # kept as they are: a caller's key can never spell another key's shortened form.
         if len(full) < self.max_length:

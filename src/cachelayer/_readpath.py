@@ -175,9 +175,13 @@ def classify(entry: Entry, now_ms: int, options: ReadOptions, rng: float) -> int
     if now_ms < fresh_until:
         beta = options.early_refresh
         # XFetch: refresh when now - delta * beta * ln(U) >= expiry, U uniform in (0, 1].
-        if beta and entry.duration_ms and not entry.negative:
-            if now_ms - entry.duration_ms * beta * math.log(1.0 - rng) >= fresh_until:
-                return EARLY
+        if (
+            beta
+            and entry.duration_ms
+            and not entry.negative
+            and now_ms - entry.duration_ms * beta * math.log(1.0 - rng) >= fresh_until
+        ):
+            return EARLY
         return FRESH
     if entry.negative:
         return DEAD
