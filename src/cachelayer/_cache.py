@@ -45,7 +45,9 @@ __all__ = ["Cache"]
 
 log = logging.getLogger("cachelayer.cache")
 
-_STORE_METHODS = frozenset({"get", "get_many", "add", "fill", "delete", "set", "set_many"})
+_STORE_METHODS = frozenset(
+    {"get", "get_many", "add", "lease", "fill", "delete", "set", "set_many"}
+)
 #: Tag keys live long enough to outlast any entry stamped with their token.
 DEFAULT_TAG_TTL = 30 * 86400.0
 

@@ -222,6 +222,30 @@ def _cached_error(entry: Entry, options: ReadOptions) -> BaseException | None:
     return options.errors.rebuild(entry.value) if options.errors is not None else None
 
 
+def _usable(
+    cache: Cache, raw: bytes, tokens: Mapping[str, bytes] | None, options: ReadOptions
+) -> Entry | None:
+    """A fresh entry whose tags hold and that this reader can answer with, or None."""
+    entry = cache._decode(raw)
+    if entry is None or not _tags_hold(entry, tokens):
+        return None
+    if classify(entry, cache._now_ms(), options, 0.0) != FRESH:
+        return None
+    if entry.negative and _cached_error(entry, options) is None:
+        return None
+    return entry
+
+
+def _serve(entry: Entry, options: ReadOptions) -> Generator[tuple[Any, ...], Any, Any]:
+    """Answer with an entry another caller filled: share it with our followers."""
+    if entry.negative:
+        exc = _cached_error(entry, options)
+        assert exc is not None
+        raise exc
+    yield ("publish", entry.raw, True)
+    return entry.value
+
+
 def read_through(
     cache: Cache, key: str, options: ReadOptions, tag_keys: Sequence[str] = ()
 ) -> Flow:
@@ -279,7 +303,18 @@ def read_through(
     trusted = raw is FAILED  # with the store down there is no cache to be stale against
     if raw is not FAILED:
         token = os.urandom(16)
-        got = yield ("add", lease, token, cache.lease_ttl)
+        got: Any = None
+        if raw is None and not tag_keys:
+            # One atomic step: a value filled since our miss is returned, else the lease.
+            got = yield ("lease", key, lease, token, cache.lease_ttl)
+            if isinstance(got, bytes):
+                entry = _usable(cache, got, None, options)
+                if entry is not None:
+                    stats.lease_waits += 1
+                    return (yield from _serve(entry, options))
+                got = None
+        if got is None:
+            got = yield ("add", lease, token, cache.lease_ttl)
         if got is not True:
             token = None
             trusted = got is FAILED
@@ -293,21 +328,10 @@ def read_through(
                 raw2, tokens2 = yield from _fetch(key, tag_keys)
                 if raw2 is FAILED:
                     break
-                if raw2 is None:
-                    continue
-                entry2 = cache._decode(raw2)
-                if entry2 is None or not _tags_hold(entry2, tokens2):
-                    continue
-                if classify(entry2, cache._now_ms(), options, 0.0) != FRESH:
-                    continue
-                exc = _cached_error(entry2, options) if entry2.negative else None
-                if exc is not None:
+                entry = _usable(cache, raw2, tokens2, options) if raw2 is not None else None
+                if entry is not None:
                     stats.lease_waits += 1
-                    raise exc
-                if not entry2.negative:
-                    stats.lease_waits += 1
-                    yield ("publish", raw2, True)
-                    return entry2.value
+                    return (yield from _serve(entry, options))
             else:
                 stats.lease_timeouts += 1
             # Load ourselves, without filling: our load may predate an invalidation.

@@ -187,3 +187,20 @@ def test_add_succeeds_over_an_expired_entry(face: tuple[Face, str]) -> None:
     while f.get(p + "lease") is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert f.add(p + "lease", b"new", 60.0) is True
+
+
+def test_lease_returns_a_value_that_appeared(face: tuple[Face, str]) -> None:
+    """lease() hands back a value filled since the miss instead of taking the lease."""
+    f, p = face
+    f.set(p + "k", b"filled", 60.0)
+    assert f.lease(p + "k", p + "lease", b"tok", 60.0) == b"filled"
+    assert f.get(p + "lease") is None
+
+
+def test_lease_is_taken_once(face: tuple[Face, str]) -> None:
+    """lease() on an absent key takes the lease once; a second caller is refused."""
+    f, p = face
+    assert f.lease(p + "k", p + "lease", b"t1", 60.0) is True
+    assert f.lease(p + "k", p + "lease", b"t2", 60.0) is False
+    assert f.get(p + "lease") == b"t1"
+    assert f.fill(p + "k", b"v", 60.0, p + "lease", b"t1") is True

@@ -51,6 +51,15 @@ class Store(Protocol):
         """Store ``value`` only if ``key`` is absent; ``True`` if it was stored."""
         ...
 
+    def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        """At a miss, atomically: if ``key`` now holds a value, return it; else store
+        ``token`` at ``lease`` unless a lease is there, and say whether it was stored.
+
+        (A value filled between the miss and this call is returned rather than loaded
+        again.)
+        """
+        ...
+
     def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
         """The guarded fill: atomically, if ``lease`` holds ``token``, store ``value`` at
         ``key`` and delete ``lease``; ``True`` if stored."""
@@ -81,6 +90,7 @@ class AsyncStore(Protocol):
     async def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None: ...
     async def delete(self, keys: Sequence[str]) -> int: ...
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool: ...
+    async def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool: ...
     async def fill(
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
     ) -> bool: ...
@@ -117,6 +127,9 @@ class SyncAsAsync:
 
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return self._store.add(key, value, ttl)
+
+    async def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        return self._store.lease(key, lease, token, ttl)
 
     async def fill(
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes

@@ -148,6 +148,17 @@ class MemoryStore:
             self._put(key, value, ttl, now)
             return True
 
+    def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        with self._lock:
+            now = self._clock()
+            value = self._live(key, now)
+            if value is not None:
+                return value
+            if self._live(lease, now) is not None:
+                return False
+            self._put(lease, token, ttl, now)
+            return True
+
     def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
         with self._lock:
             now = self._clock()

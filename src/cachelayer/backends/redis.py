@@ -34,6 +34,13 @@ else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('DEL', KEYS[2])
 return 1
 """
+# KEYS[1] value key, KEYS[2] lease; ARGV[1] token, ARGV[2] lease ttl ms
+_LEASE = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
 # KEYS[1] value key, KEYS[2] key to void; ARGV[1] value, ARGV[2] ttl ms (0: none)
 _SET_VOID = """
 if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1])
@@ -50,6 +57,10 @@ def _ms(ttl: float | None) -> int:
 
 def _set_args(key: str, value: bytes, ttl: float | None) -> tuple[Any, ...]:
     return ("SET", key, value) if ttl is None else ("SET", key, value, "PX", _ms(ttl))
+
+
+def _lease_result(reply: Any) -> bytes | bool:
+    return reply if isinstance(reply, bytes) else bool(reply)
 
 
 def _normalise_url(url: str) -> str:
@@ -112,6 +123,7 @@ class RedisStore:
         self._pool = self.client.connection_pool
         self._cmd: Callable[..., Any] = self.client.execute_command
         self._fill = self.client.register_script(_FILL)
+        self._lease = self.client.register_script(_LEASE)
         self._set_void = self.client.register_script(_SET_VOID)
         self._async: AsyncRedisStore | None = None
 
@@ -153,6 +165,9 @@ class RedisStore:
 
     def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return bool(self._cmd(*_set_args(key, value, ttl), "NX"))
+
+    def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        return _lease_result(self._lease(keys=[key, lease], args=[token, _ms(ttl)]))
 
     def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
         return bool(self._fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
@@ -207,6 +222,7 @@ class AsyncRedisStore:
             self._client = redis.asyncio.Redis.from_url(self.url, **self._options)
             self._loop = loop
             self._fill = self._client.register_script(_FILL)
+            self._lease = self._client.register_script(_LEASE)
             self._set_void = self._client.register_script(_SET_VOID)
         return self._client
 
@@ -251,6 +267,10 @@ class AsyncRedisStore:
 
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return bool(await self._for_loop().execute_command(*_set_args(key, value, ttl), "NX"))
+
+    async def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        self._for_loop()
+        return _lease_result(await self._lease(keys=[key, lease], args=[token, _ms(ttl)]))
 
     async def fill(
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
