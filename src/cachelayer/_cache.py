@@ -87,7 +87,8 @@ class Cache:
             before it loads by itself (without filling).
         refresh_workers: threads for background refreshes of sync functions.
         tag_ttl: seconds a tag's token is kept; entries with tags must expire sooner.
-        max_key_length: store keys longer than this are shortened with a hash.
+        max_key_length: store keys of this length or more are cut to it (a readable
+            head, then a hash of the whole key).
         clock: wall-clock seconds, written into entries; injected by tests.
         rng: uniform ``[0, 1)`` source for TTL jitter; injected by tests.
     """

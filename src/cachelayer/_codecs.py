@@ -302,6 +302,10 @@ class JsonCodec:
 
 # msgpack extension type codes; the ext data is itself msgpack (or a str for atoms).
 _EXT_TUPLE, _EXT_SET, _EXT_FROZENSET, _EXT_BIGINT, _EXT_ATOM, _EXT_USER = 1, 2, 3, 4, 5, 127
+# Each level of extension nesting (a tuple in a tuple...) is one nested msgpack call that
+# goes through C: deeper values are refused so that stored bytes cannot exhaust the C stack.
+MAX_EXT_DEPTH = 100
+_UNPACKB_MAX_DEPTH = 2
 
 
 class MsgpackCodec:
@@ -319,51 +323,89 @@ class MsgpackCodec:
         self._registry = registry or TypeRegistry()
         self._msgpack = msgpack
         self._ext = msgpack.ExtType
+        # per nesting depth, the callbacks that handle the next level (made once, not per call)
+        self._defaults = [self._default_at(d + 1) for d in range(MAX_EXT_DEPTH + 1)]
+        self._hooks = [self._hook_at(d + 1) for d in range(MAX_EXT_DEPTH + 1)]
 
-    def _pack(self, value: Any) -> bytes:
+    def _default_at(self, depth: int) -> Callable[[Any], Any]:
+        return lambda v: self._default(v, depth)
+
+    def _hook_at(self, depth: int) -> Callable[[int, bytes], Any]:
+        return lambda code, data: self._ext_hook(code, data, depth)
+
+    def _pack(self, value: Any, depth: int = 0) -> bytes:
+        if depth > MAX_EXT_DEPTH:
+            raise TypeError(
+                f"cachelayer cannot store tuples, sets or typed values nested more than "
+                f"{MAX_EXT_DEPTH} deep with msgpack"
+            )
         packed: bytes = self._msgpack.packb(
-            value, default=self._default, strict_types=True, use_bin_type=True
+            value,
+            default=self._defaults[depth],
+            strict_types=True,
+            use_bin_type=True,
         )
         return packed
 
-    def _default(self, v: Any) -> Any:
+    def _default(self, v: Any, depth: int) -> Any:
         t = type(v)
         ext = self._ext
         if t is tuple:
-            return ext(_EXT_TUPLE, self._pack(list(v)))
+            return ext(_EXT_TUPLE, self._pack(list(v), depth))
         if t is set:
-            return ext(_EXT_SET, self._pack(list(v)))
+            return ext(_EXT_SET, self._pack(list(v), depth))
         if t is frozenset:
-            return ext(_EXT_FROZENSET, self._pack(list(v)))
+            return ext(_EXT_FROZENSET, self._pack(list(v), depth))
         if t is int:
             return ext(_EXT_BIGINT, str(v).encode())
         atom = _ATOM_DUMP.get(t)
         if atom is not None:
-            return ext(_EXT_ATOM, self._pack([atom[0], atom[1](v)]))
+            return ext(_EXT_ATOM, self._pack([atom[0], atom[1](v)], depth))
         reg = self._registry.lookup_type(t)
         if reg is not None:
-            return ext(_EXT_USER, self._pack([reg.name, reg.dump(v)]))
+            return ext(_EXT_USER, self._pack([reg.name, reg.dump(v)], depth))
         raise _unsupported(v)
 
-    def _unpack(self, data: bytes) -> Any:
-        return self._msgpack.unpackb(
-            data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True
+    def _unpack(self, data: bytes, depth: int = 0) -> Any:
+        # Extension payloads are unpacked from inside ext_hook, one nested call per level.
+        # unpackb() keeps its whole parse stack (~40 KiB) on the C stack: a dozen nested
+        # tuples overflowed a 512 KiB thread stack and crashed the process. So only the
+        # first levels use the fast unpackb(); deeper ones use an Unpacker, whose stack is
+        # on the heap, and MAX_EXT_DEPTH bounds the nesting.
+        if depth > MAX_EXT_DEPTH:
+            raise ValueError(f"msgpack extensions nested more than {MAX_EXT_DEPTH} deep")
+        hook = self._hooks[depth]
+        if depth <= _UNPACKB_MAX_DEPTH:
+            return self._msgpack.unpackb(
+                data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True
+            )
+        unpacker = self._msgpack.Unpacker(
+            ext_hook=hook,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            max_buffer_size=max(len(data), 1),
         )
+        unpacker.feed(data)
+        value = unpacker.unpack()
+        if unpacker.tell() != len(data):
+            raise ValueError("bytes left over after the msgpack value")
+        return value
 
-    def _ext_hook(self, code: int, data: bytes) -> Any:
+    def _ext_hook(self, code: int, data: bytes, depth: int) -> Any:
         if code == _EXT_TUPLE:
-            return tuple(self._unpack(data))
+            return tuple(self._unpack(data, depth))
         if code == _EXT_SET:
-            return set(self._unpack(data))
+            return set(self._unpack(data, depth))
         if code == _EXT_FROZENSET:
-            return frozenset(self._unpack(data))
+            return frozenset(self._unpack(data, depth))
         if code == _EXT_BIGINT:
             return int(data.decode("ascii"))
         if code == _EXT_ATOM:
-            tag, payload = self._unpack(data)
+            tag, payload = self._unpack(data, depth)
             return _ATOM_LOAD[tag](payload)
         if code == _EXT_USER:
-            name, payload = self._unpack(data)
+            name, payload = self._unpack(data, depth)
             return self._registry.lookup_name(name).load(payload)
         raise ValueError(f"unknown msgpack extension code {code}")
 

@@ -182,7 +182,12 @@ class KeyBuilder:
         if len(full) < self.max_length:
             return full
         digest = hashlib.blake2b(full.encode("utf-8", "surrogatepass"), digest_size=16)
-        return full[: self.max_length - 33] + "#" + digest.hexdigest()
+        head = full[: self.max_length - 33]
+        if "}" in head and not has_hash_tag(head):
+            # The cut lost the hash tag: drop the stray '}' so the shortened key and its
+            # lease still share a slot (the digest keeps shortened keys distinct).
+            head = head.replace("}", "_")
+        return head + "#" + digest.hexdigest()
 
     def tag(self, tag: str) -> str:
         """The store key holding a tag's token: ``{<prefix>tags}:<tag>``.

@@ -363,7 +363,7 @@ def read_through(
     seconds = cache._ttl.resolve(options.ttl)
     try:
         payload = cache._encode(value, seconds, duration_ms, tags=_tag_tokens(tokens))
-    except TypeError:
+    except Exception:  # TypeError mostly; ValueError, RecursionError for odd values
         if token is not None:
             yield ("delete", [lease])
         raise
