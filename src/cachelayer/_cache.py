@@ -8,9 +8,6 @@ The cache-aside algorithm itself lives in ``_readpath.read_through`` and is driv
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import logging
 import os
 import random
@@ -22,32 +19,25 @@ from urllib.parse import urlsplit, urlunsplit
 from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
 from ._envelope import Entry, Serializer
-from ._flight import AsyncFlights, SyncFlights, wait_sync
 from ._keys import KeyBuilder
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
 from ._readpath import (
     FAILED,
-    LEAD,
-    LOAD,
     ErrorPolicy,
-    Flow,
     ReadOptions,
     lease_key,
     plain_get,
     read_through,
 )
-from ._refresh import Refresher
+from ._runner import StoreRunner
 from ._stats import RateLimitedLog, Stats
 from .backends import AsyncStore, Store, store_from_url
-from .errors import ConfigurationError, DecodeError, StoreUnavailable
+from .errors import ConfigurationError, DecodeError
 
 __all__ = ["Cache"]
 
 log = logging.getLogger("cachelayer.cache")
 
-_STORE_METHODS = frozenset(
-    {"get", "get_many", "add", "lease", "fill", "delete", "set", "set_many"}
-)
 #: Tag keys live long enough to outlast any entry stamped with their token.
 DEFAULT_TAG_TTL = 30 * 86400.0
 
@@ -142,18 +132,18 @@ class Cache:
         self._keys = KeyBuilder(namespace, version, max_key_length)
         self._ttl = TtlPolicy(ttl, ttls, jitter, rng)
         self._raise = on_error == "raise"
-        self._breaker = breaker or CircuitBreaker()
         self._clock = clock
         self._rng = rng
-        self._astore: AsyncStore | None = None
+        self.stats = Stats()
+        self._log = RateLimitedLog(log)
         self.lease_ttl = float(lease_ttl)
         self.lease_wait = float(lease_wait)
         self.tag_ttl = float(tag_ttl)
-        self._flights = SyncFlights()
-        self._aflights = AsyncFlights()
-        self._refresher = Refresher(refresh_workers)
-        self.stats = Stats()
-        self._log = RateLimitedLog(log)
+        runner = StoreRunner(self._store, breaker or CircuitBreaker(), self.stats, refresh_workers)
+        self._runner = runner
+        self._breaker, self._refresher = runner.breaker, runner.refresher
+        self._call, self._acall = runner.call, runner.acall
+        self._drive, self._adrive = runner.drive, runner.adrive
 
     def __repr__(self) -> str:
         return f"Cache({self.url!r}, namespace={self._keys.namespace!r})"
@@ -231,183 +221,6 @@ class Cache:
                 exc,
             )
             return None
-
-    # -- guarded store calls: the only places that touch the store -------------------------
-
-    def _call(
-        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
-    ) -> Any:
-        if not self._breaker.allow():
-            return self._skipped(method, raising, invalidating)
-        try:
-            result = getattr(self._store, method)(*args)
-        except Exception as exc:
-            return self._failed(method, exc, raising, invalidating)
-        self._breaker.success()
-        return result
-
-    async def _acall(
-        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
-    ) -> Any:
-        if not self._breaker.allow():
-            return self._skipped(method, raising, invalidating)
-        try:
-            result = await getattr(self.astore, method)(*args)
-        except Exception as exc:
-            return self._failed(method, exc, raising, invalidating)
-        self._breaker.success()
-        return result
-
-    def _skipped(self, method: str, raising: bool, invalidating: bool) -> Any:
-        self.stats.short_circuits += 1
-        if invalidating:
-            self._invalidation_failed(method, "circuit breaker open")
-        if raising:
-            raise StoreUnavailable(f"store {method} not attempted: the circuit breaker is open")
-        return FAILED
-
-    def _failed(self, method: str, exc: Exception, raising: bool, invalidating: bool) -> Any:
-        if self._breaker.failure():
-            self.stats.breaker_opened += 1
-            log.warning(
-                "cachelayer: circuit breaker opened after %d consecutive store failures; "
-                "no store calls for %.1f s",
-                self._breaker.threshold,
-                self._breaker.cooldown,
-            )
-        if invalidating:
-            self._invalidation_failed(method, f"{type(exc).__name__}: {exc}")
-        else:
-            self.stats.store_errors += 1
-            self._log.log(
-                logging.WARNING,
-                "store",
-                "cachelayer: store %s failed (%s: %s); continuing without the cache",
-                method,
-                type(exc).__name__,
-                exc,
-            )
-        if raising:
-            raise StoreUnavailable(f"store {method} failed: {type(exc).__name__}: {exc}") from exc
-        return FAILED
-
-    def _invalidation_failed(self, method: str, reason: str) -> None:
-        self.stats.invalidation_errors += 1
-        self._log.log(
-            logging.WARNING,
-            "invalidation",
-            "cachelayer: INVALIDATION FAILED (store %s: %s); the old value may be served "
-            "until its TTL ends",
-            method,
-            reason,
-        )
-
-    @property
-    def store(self) -> Store:
-        """The sync face of the store."""
-        return self._store
-
-    @property
-    def astore(self) -> AsyncStore:
-        """The asyncio face of the store."""
-        if self._astore is None:
-            self._astore = self._store.asynchronous()
-        return self._astore
-
-    # -- the read path's shells ------------------------------------------------------------
-
-    def _drive(self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False) -> Any:
-        """Run a read-path flow with blocking calls (the sync shell)."""
-        flight = None
-        flight_key = ""
-        try:
-            op = next(flow)
-            while True:
-                name = op[0]
-                if name in _STORE_METHODS:
-                    result = self._call(name, op[1:], raising)
-                elif op is LOAD:
-                    assert loader is not None
-                    try:
-                        result = loader()
-                    except Exception as exc:
-                        op = flow.throw(exc)
-                        continue
-                elif name == "flight":
-                    joined, lead = self._flights.join(op[1])
-                    if lead:
-                        flight, flight_key, result = joined, op[1], LEAD
-                    else:
-                        result = wait_sync(joined)
-                elif name == "publish":
-                    if flight is not None:
-                        flight.publish(op[1], op[2])
-                    result = None
-                elif name == "sleep":
-                    time.sleep(op[1])
-                    result = None
-                else:  # "refresh"
-                    self._refresher.submit(op[1], functools.partial(self._drive, op[2], loader))
-                    result = None
-                op = flow.send(result)
-        except StopIteration as stop:
-            return stop.value
-        except BaseException as exc:
-            if flight is not None:
-                flight.fail(exc)
-            raise
-        finally:
-            if flight is not None:
-                self._flights.finish(flight_key, flight)
-
-    async def _adrive(
-        self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False
-    ) -> Any:
-        """Run a read-path flow with ``await`` (the async shell)."""
-        flight = None
-        flight_key = ""
-        try:
-            op = next(flow)
-            while True:
-                name = op[0]
-                if name in _STORE_METHODS:
-                    result = await self._acall(name, op[1:], raising)
-                elif op is LOAD:
-                    assert loader is not None
-                    try:
-                        result = loader()
-                        if inspect.isawaitable(result):
-                            result = await result
-                    except Exception as exc:
-                        op = flow.throw(exc)
-                        continue
-                elif name == "flight":
-                    joined, lead = self._aflights.join(op[1])
-                    if lead:
-                        flight, flight_key, result = joined, op[1], LEAD
-                    else:
-                        await joined.event.wait()  # type: ignore[misc]
-                        result = joined
-                elif name == "publish":
-                    if flight is not None:
-                        flight.publish(op[1], op[2])
-                    result = None
-                elif name == "sleep":
-                    await asyncio.sleep(op[1])
-                    result = None
-                else:  # "refresh"
-                    self._refresher.spawn(op[1], functools.partial(self._adrive, op[2], loader))
-                    result = None
-                op = flow.send(result)
-        except StopIteration as stop:
-            return stop.value
-        except BaseException as exc:
-            if flight is not None:
-                flight.fail(exc)
-            raise
-        finally:
-            if flight is not None:
-                self._aflights.finish(flight_key, flight)
 
     # -- the API, sync and async pairs -------------------------------------------------------
 
@@ -692,17 +505,23 @@ class Cache:
         result = await self._acall("clear", (self._keys.prefix,), self._raise, True)
         return 0 if result is FAILED else int(result)
 
+    @property
+    def store(self) -> Store:
+        """The sync face of the store."""
+        return self._store
+
+    @property
+    def astore(self) -> AsyncStore:
+        """The asyncio face of the store."""
+        return self._runner.astore
+
     def close(self) -> None:
         """Finish background refreshes, then close the store's connections."""
-        self._refresher.close()
-        self._store.close()
+        self._runner.close()
 
     async def aclose(self) -> None:
         """Cancel this loop's background refreshes, then close both faces' connections."""
-        await self._refresher.aclose()
-        if self._astore is not None:
-            await self._astore.close()
-        self._store.close()
+        await self._runner.aclose()
 
     def __enter__(self) -> Cache:
         return self

@@ -1,0 +1,237 @@
+"""Running store steps: guarded calls (breaker, counting, logging) and the two shells.
+
+``StoreRunner.drive`` runs a read-path flow (``_readpath``) with blocking calls and
+``adrive`` with ``await``. They are the only I/O-flavoured code of the read path: each
+turns the steps a flow yields into store calls, loader calls, sleeps, single-flight waits
+and background refreshes, and holds no policy. ``call``/``acall`` are the only places
+that touch the store: a failure becomes :data:`FAILED` (or ``StoreUnavailable`` when the
+caller asked for errors), feeds the circuit breaker and is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._breaker import CircuitBreaker
+from ._flight import AsyncFlights, SyncFlights, wait_sync
+from ._readpath import FAILED, LEAD, LOAD, Flow
+from ._refresh import Refresher
+from ._stats import RateLimitedLog, Stats
+from .backends import AsyncStore, Store
+from .errors import StoreUnavailable
+
+__all__ = ["StoreRunner"]
+
+log = logging.getLogger("cachelayer.cache")
+
+_STORE_METHODS = frozenset(
+    {"get", "get_many", "add", "lease", "fill", "delete", "set", "set_many"}
+)
+
+
+class StoreRunner:
+    """Executes store steps for one Cache: its store, breaker, flights and refresher."""
+
+    def __init__(
+        self,
+        store: Store,
+        breaker: CircuitBreaker,
+        stats: Stats,
+        refresh_workers: int,
+    ) -> None:
+        self.store_ = store
+        self._astore: AsyncStore | None = None
+        self.breaker = breaker
+        self.stats = stats
+        self._log = RateLimitedLog(log)
+        self._flights = SyncFlights()
+        self._aflights = AsyncFlights()
+        self.refresher = Refresher(refresh_workers)
+
+    def call(
+        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
+    ) -> Any:
+        if not self.breaker.allow():
+            return self._skipped(method, raising, invalidating)
+        try:
+            result = getattr(self.store_, method)(*args)
+        except Exception as exc:
+            return self._failed(method, exc, raising, invalidating)
+        self.breaker.success()
+        return result
+
+    async def acall(
+        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
+    ) -> Any:
+        if not self.breaker.allow():
+            return self._skipped(method, raising, invalidating)
+        try:
+            result = await getattr(self.astore, method)(*args)
+        except Exception as exc:
+            return self._failed(method, exc, raising, invalidating)
+        self.breaker.success()
+        return result
+
+    def _skipped(self, method: str, raising: bool, invalidating: bool) -> Any:
+        self.stats.short_circuits += 1
+        if invalidating:
+            self._invalidation_failed(method, "circuit breaker open")
+        if raising:
+            raise StoreUnavailable(f"store {method} not attempted: the circuit breaker is open")
+        return FAILED
+
+    def _failed(self, method: str, exc: Exception, raising: bool, invalidating: bool) -> Any:
+        if self.breaker.failure():
+            self.stats.breaker_opened += 1
+            log.warning(
+                "cachelayer: circuit breaker opened after %d consecutive store failures; "
+                "no store calls for %.1f s",
+                self.breaker.threshold,
+                self.breaker.cooldown,
+            )
+        if invalidating:
+            self._invalidation_failed(method, f"{type(exc).__name__}: {exc}")
+        else:
+            self.stats.store_errors += 1
+            self._log.log(
+                logging.WARNING,
+                "store",
+                "cachelayer: store %s failed (%s: %s); continuing without the cache",
+                method,
+                type(exc).__name__,
+                exc,
+            )
+        if raising:
+            raise StoreUnavailable(f"store {method} failed: {type(exc).__name__}: {exc}") from exc
+        return FAILED
+
+    def _invalidation_failed(self, method: str, reason: str) -> None:
+        self.stats.invalidation_errors += 1
+        self._log.log(
+            logging.WARNING,
+            "invalidation",
+            "cachelayer: INVALIDATION FAILED (store %s: %s); the old value may be served "
+            "until its TTL ends",
+            method,
+            reason,
+        )
+
+    @property
+    def astore(self) -> AsyncStore:
+        """The asyncio face of the store (built on first use)."""
+        if self._astore is None:
+            self._astore = self.store_.asynchronous()
+        return self._astore
+
+    # -- the read path's shells ------------------------------------------------------------
+
+    def drive(self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False) -> Any:
+        """Run a read-path flow with blocking calls (the sync shell)."""
+        flight = None
+        flight_key = ""
+        try:
+            op = next(flow)
+            while True:
+                name = op[0]
+                if name in _STORE_METHODS:
+                    result = self.call(name, op[1:], raising)
+                elif op is LOAD:
+                    assert loader is not None
+                    try:
+                        result = loader()
+                    except Exception as exc:
+                        op = flow.throw(exc)
+                        continue
+                elif name == "flight":
+                    joined, lead = self._flights.join(op[1])
+                    if lead:
+                        flight, flight_key, result = joined, op[1], LEAD
+                    else:
+                        result = wait_sync(joined)
+                elif name == "publish":
+                    if flight is not None:
+                        flight.publish(op[1], op[2])
+                    result = None
+                elif name == "sleep":
+                    time.sleep(op[1])
+                    result = None
+                else:  # "refresh"
+                    self.refresher.submit(op[1], functools.partial(self.drive, op[2], loader))
+                    result = None
+                op = flow.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            if flight is not None:
+                flight.fail(exc)
+            raise
+        finally:
+            if flight is not None:
+                self._flights.finish(flight_key, flight)
+
+    async def adrive(
+        self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False
+    ) -> Any:
+        """Run a read-path flow with ``await`` (the async shell)."""
+        flight = None
+        flight_key = ""
+        try:
+            op = next(flow)
+            while True:
+                name = op[0]
+                if name in _STORE_METHODS:
+                    result = await self.acall(name, op[1:], raising)
+                elif op is LOAD:
+                    assert loader is not None
+                    try:
+                        result = loader()
+                        if inspect.isawaitable(result):
+                            result = await result
+                    except Exception as exc:
+                        op = flow.throw(exc)
+                        continue
+                elif name == "flight":
+                    joined, lead = self._aflights.join(op[1])
+                    if lead:
+                        flight, flight_key, result = joined, op[1], LEAD
+                    else:
+                        await joined.event.wait()  # type: ignore[misc]
+                        result = joined
+                elif name == "publish":
+                    if flight is not None:
+                        flight.publish(op[1], op[2])
+                    result = None
+                elif name == "sleep":
+                    await asyncio.sleep(op[1])
+                    result = None
+                else:  # "refresh"
+                    self.refresher.spawn(op[1], functools.partial(self.adrive, op[2], loader))
+                    result = None
+                op = flow.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            if flight is not None:
+                flight.fail(exc)
+            raise
+        finally:
+            if flight is not None:
+                self._aflights.finish(flight_key, flight)
+
+    def close(self) -> None:
+        """Finish background refreshes, then close the sync face's connections."""
+        self.refresher.close()
+        self.store_.close()
+
+    async def aclose(self) -> None:
+        """Cancel this loop's background refreshes, then close both faces' connections."""
+        await self.refresher.aclose()
+        if self._astore is not None:
+            await self._astore.close()
+        self.store_.close()
