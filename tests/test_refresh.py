@@ -254,3 +254,18 @@ def test_invalidate_after_commit_waits_for_the_commit(cache: Cache) -> None:
         hook()
     assert cache.get("user:1", MISSING) is MISSING
     assert cache.get("profile:1", MISSING) is MISSING
+
+
+def test_stale_if_error_does_not_wait_on_a_failed_loader(cache_factory: Any) -> None:
+    """After one failed load, others in the window get the expired value without waiting."""
+    clock = FakeClock()
+    a = cache_factory(clock=clock, jitter=0)
+    b = cache_factory(clock=clock, jitter=0, lease_wait=30.0)  # "another process"
+    load = Versioned(fail_after=1)
+    options: dict[str, Any] = {"ttl": 10, "stale_if_error": 60, "early_refresh": 0}
+    assert a.get_or_load("k", load, **options) == "v1"
+    clock.advance(20)
+    assert a.get_or_load("k", load, **options) == "v1"  # load failed: stale, lease kept
+    assert b.get_or_load("k", load, **options) == "v1"  # lease held: stale at once
+    assert load.calls == 2
+    assert b.stats.stale_hits == 1

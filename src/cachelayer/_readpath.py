@@ -318,6 +318,12 @@ def read_through(
         if got is not True:
             token = None
             trusted = got is FAILED
+        if got is False and stale is not None:
+            # Within stale_if_error another caller is loading (or its load just failed and
+            # its lease throttles retries): the expired value now beats waiting for it.
+            stats.stale_hits += 1
+            yield ("publish", stale.raw, True)
+            return stale.value
         if got is False:
             # Another process holds the lease and is loading: wait for its fill.
             waited, delay = 0.0, 0.002
