@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._keys import call_key_function
-from ._readpath import Flow, ReadOptions, read_through, refresh
+from ._readpath import FRESH, Flow, ReadOptions, first_look, read_through, refresh
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -132,17 +132,39 @@ def make_cached(
                     rewarm(args, kwargs)
             return done
 
+        # Untagged calls read the key first and answer a plain fresh hit without starting
+        # the read-path flow (one GET, one decode); anything else continues in the flow
+        # with what was read. (Tagged calls read value and tokens together in the flow.)
+        stats = cache.stats
         wrapper: Any
         if is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await cache._adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                if tagfns:
+                    return await cache._adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                key = full(keyfn(args, kwargs))
+                raw = await cache._acall("get", (key,))
+                entry, state = first_look(cache, raw, None, options)
+                if state == FRESH and entry is not None and not entry.negative:
+                    stats.hits += 1
+                    return entry.value
+                rest = read_through(cache, key, options, (), (raw, entry, state))
+                return await cache._adrive(rest, lambda: func(*args, **kwargs))
 
             wrapper = async_wrapper
         else:
 
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return cache._drive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                if tagfns:
+                    return cache._drive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                key = full(keyfn(args, kwargs))
+                raw = cache._call("get", (key,))
+                entry, state = first_look(cache, raw, None, options)
+                if state == FRESH and entry is not None and not entry.negative:
+                    stats.hits += 1
+                    return entry.value
+                rest = read_through(cache, key, options, (), (raw, entry, state))
+                return cache._drive(rest, lambda: func(*args, **kwargs))
 
             wrapper = sync_wrapper
         functools.update_wrapper(wrapper, func)

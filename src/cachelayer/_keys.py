@@ -280,8 +280,21 @@ def call_key_function(
             f"{func.__qualname__}() has no parameter for (it has: {', '.join(names)})"
         )
     template = key
+    # The hot case -- every parameter passed positionally -- skips binding: the template
+    # is compiled to positional fields that index the call's args directly.
+    compiled = "".join(
+        literal.replace("{", "{{").replace("}", "}}")
+        + ("" if field is None else "{" + str(fields.index(field)) + "}")
+        for literal, field, _, _ in string.Formatter().parse(template)
+    )
+    positions = [names.index(f) for f in fields]
+    n_params = len(names)
 
     def template_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        if simple and not kwargs and len(args) == n_params:
+            return compiled.format(
+                *[render(args[i], f) for i, f in zip(positions, fields, strict=True)]
+            )
         values = bind(args, kwargs)
         return template.format_map({f: render(values[f], f) for f in fields})
 

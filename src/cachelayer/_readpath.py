@@ -246,8 +246,28 @@ def _serve(entry: Entry, options: ReadOptions) -> Generator[tuple[Any, ...], Any
     return entry.value
 
 
+def first_look(
+    cache: Cache, raw: Any, tokens: Mapping[str, bytes] | None, options: ReadOptions
+) -> tuple[Entry | None, int]:
+    """Decode what the first read found and classify it (pure: no I/O).
+
+    Returns ``(entry, state)``; ``(None, DEAD)`` when absent, failed, corrupt or when a tag
+    changed. A caller holding ``state == FRESH`` for a positive entry has a plain hit.
+    """
+    if raw is None or raw is FAILED:
+        return None, DEAD
+    entry = cache._decode(raw)
+    if entry is None or not _tags_hold(entry, tokens):
+        return None, DEAD
+    return entry, classify(entry, cache._now_ms(), options, cache._rng())
+
+
 def read_through(
-    cache: Cache, key: str, options: ReadOptions, tag_keys: Sequence[str] = ()
+    cache: Cache,
+    key: str,
+    options: ReadOptions,
+    tag_keys: Sequence[str] = (),
+    first: tuple[Any, Entry | None, int] | None = None,
 ) -> Flow:
     """Cache-aside for one store key: return the cached value or load, fill and return.
 
@@ -257,32 +277,37 @@ def read_through(
     callers that arrive during a load share it; other processes wait up to
     ``cache.lease_wait`` for the lease holder's fill. A failing store is skipped: the
     loader's value is returned and nothing raises.
+
+    ``first`` is ``(raw, entry, state)`` when the caller already read the key and looked
+    at it with :func:`first_look` (the decorator's fast path for untagged hits).
     """
     stats = cache.stats
-    raw, tokens = yield from _fetch(key, tag_keys)
+    if first is None:
+        raw, tokens = yield from _fetch(key, tag_keys)
+        entry, state = first_look(cache, raw, tokens, options)
+    else:
+        raw, entry, state = first
+        tokens = None
     stale: Entry | None = None
-    if raw is not None and raw is not FAILED:
-        entry = cache._decode(raw)
-        if entry is not None and _tags_hold(entry, tokens):
-            state = classify(entry, cache._now_ms(), options, cache._rng())
-            if entry.negative:
-                exc = _cached_error(entry, options) if state == FRESH else None
-                if exc is not None:
-                    stats.negative_hits += 1
-                    raise exc
-            elif state == FRESH:
+    if entry is not None:
+        if entry.negative:
+            exc = _cached_error(entry, options) if state == FRESH else None
+            if exc is not None:
+                stats.negative_hits += 1
+                raise exc
+        elif state == FRESH:
+            stats.hits += 1
+            return entry.value
+        elif state <= STALE:
+            yield ("refresh", key, refresh(cache, key, options, tag_keys))
+            if state == EARLY:
                 stats.hits += 1
-                return entry.value
-            elif state <= STALE:
-                yield ("refresh", key, refresh(cache, key, options, tag_keys))
-                if state == EARLY:
-                    stats.hits += 1
-                    stats.early_refreshes += 1
-                else:
-                    stats.stale_hits += 1
-                return entry.value
-            elif state == STALE_IF_ERROR:
-                stale = entry
+                stats.early_refreshes += 1
+            else:
+                stats.stale_hits += 1
+            return entry.value
+        elif state == STALE_IF_ERROR:
+            stale = entry
     stats.misses += 1
 
     flight = yield ("flight", key)

@@ -86,3 +86,49 @@ def test_existing_client_is_used_and_not_closed(redis_url: str) -> None:
     cache.close()
     assert client.ping() is True
     client.close()
+
+
+def test_forked_child_does_not_share_get_connections(redis_url: str) -> None:
+    """After fork, the child opens its own GET connections; the parent's keep working."""
+    import os
+    import warnings
+
+    store = RedisStore(redis_url, socket_timeout=2.0)
+    store.set("forkk", b"parent", 60.0)
+    assert store.get("forkk") == b"parent"  # a connection now waits in the idle list
+    parent_conn = store._idle[-1]
+    with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if it used a connection of its own
+        code = 1
+        try:
+            ok = store.get("forkk") == b"parent" and store._idle[-1] is not parent_conn
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get("forkk") == b"parent"
+    assert store._idle[-1] is parent_conn
+    store.delete(["forkk"])
+    store.close()
+    assert len(store._idle) == 0
+
+
+def test_a_failed_get_drops_its_connection(private_redis: RedisServer) -> None:
+    """A GET that fails never returns its connection to the idle list."""
+    store = RedisStore(private_redis.url, socket_timeout=2.0)
+    assert store.get("k") is None
+    assert len(store._idle) == 1
+    private_redis.stop()
+    try:
+        store.get("k")
+    except redis.exceptions.ConnectionError:
+        pass
+    else:
+        raise AssertionError("a GET on a stopped server succeeded")
+    assert len(store._idle) == 0
+    private_redis.start()
+    assert store.get("k") is None  # a new connection
+    store.close()

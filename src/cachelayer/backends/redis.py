@@ -4,13 +4,18 @@ One connection pool per face (sync, async), short timeouts suited to a cache and
 client-side retries: a cache that waits on a sick server costs more than the query it
 saves, and the Cache's circuit breaker decides when to try again. ``GET``, the one
 command on the hot path, is sent on a pooled connection directly rather than through
-redis-py's generic dispatch, which is most of its per-call cost (bench/bench_get.py).
+redis-py's generic dispatch, and on a connection kept in a small lock-free free list
+rather than checked in and out of redis-py's pool each time: together those are most of
+redis-py's per-call cost (bench/bench_get.py).
 Guarded writes are Lua scripts, each touching one key and its lease (one cluster slot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +62,19 @@ def _ms(ttl: float | None) -> int:
 
 def _set_args(key: str, value: bytes, ttl: float | None) -> tuple[Any, ...]:
     return ("SET", key, value) if ttl is None else ("SET", key, value, "PX", _ms(ttl))
+
+
+# Stores whose idle GET connections a forked child must forget (they are the parent's).
+_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    for store in list(_STORES):
+        store._idle = deque()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _lease_result(reply: Any) -> bytes | bool:
@@ -121,6 +139,10 @@ class RedisStore:
         self._owns_client = client is None
         self.client: redis.Redis = client or redis_py.Redis.from_url(self.url, **self._options)
         self._pool = self.client.connection_pool
+        # Connections checked out of the pool for GET and kept between calls: deque
+        # pop/append are atomic, so threads share it without a lock.
+        self._idle: deque[Any] = deque()
+        _STORES.add(self)
         self._cmd: Callable[..., Any] = self.client.execute_command
         self._fill = self.client.register_script(_FILL)
         self._lease = self.client.register_script(_LEASE)
@@ -128,16 +150,19 @@ class RedisStore:
         self._async: AsyncRedisStore | None = None
 
     def get(self, key: str) -> bytes | None:
-        pool = self._pool
-        conn = pool.get_connection()
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._pool.get_connection()
         try:
             conn.send_command("GET", key)
             value: bytes | None = conn.read_response()
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # never reuse a connection that may hold a half-read reply
+            self._pool.release(conn)
             raise
-        finally:
-            pool.release(conn)
+        idle.append(conn)
         return value
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -186,6 +211,9 @@ class RedisStore:
         return count
 
     def close(self) -> None:
+        idle, self._idle = self._idle, deque()
+        for conn in idle:
+            self._pool.release(conn)
         if self._owns_client:
             self.client.close()
 
@@ -220,6 +248,7 @@ class AsyncRedisStore:
             import redis.asyncio
 
             self._client = redis.asyncio.Redis.from_url(self.url, **self._options)
+            self._idle: deque[Any] = deque()
             self._loop = loop
             self._fill = self._client.register_script(_FILL)
             self._lease = self._client.register_script(_LEASE)
@@ -228,15 +257,16 @@ class AsyncRedisStore:
 
     async def get(self, key: str) -> bytes | None:
         pool = self._for_loop().connection_pool
-        conn = await pool.get_connection()
+        idle = self._idle
+        conn = idle.pop() if idle else await pool.get_connection()
         try:
             await conn.send_command("GET", key)
             value: bytes | None = await conn.read_response()
         except BaseException:
             await conn.disconnect(nowait=True)
-            raise
-        finally:
             await pool.release(conn)
+            raise
+        idle.append(conn)
         return value
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -294,5 +324,8 @@ class AsyncRedisStore:
 
     async def close(self) -> None:
         if self._client is not None:
+            pool = self._client.connection_pool
+            while self._idle:
+                await pool.release(self._idle.pop())
             await self._client.aclose()
             self._client = None
