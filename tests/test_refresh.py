@@ -269,3 +269,20 @@ def test_stale_if_error_does_not_wait_on_a_failed_loader(cache_factory: Any) -> 
     assert b.get_or_load("k", load, **options) == "v1"  # lease held: stale at once
     assert load.calls == 2
     assert b.stats.stale_hits == 1
+
+
+async def test_async_refresh_after_write(acache: Cache) -> None:
+    """For an async function, ainvalidate() reloads the entry in a tracked task."""
+    calls: list[int] = []
+
+    @acache.cached(ttl=60, key="team:{team_id}", refresh_after_write=True)
+    async def team(team_id: int) -> int:
+        calls.append(team_id)
+        return len(calls)
+
+    assert await team(1) == 1
+    await team.ainvalidate(1)
+    await acache._refresher.drain()
+    assert await acache.aget("team:1") == 2
+    assert await team(1) == 2
+    assert len(calls) == 2

@@ -403,7 +403,9 @@ class Cache:
         ``cache_errors`` (type -> seconds) are cached and re-raised without a load. The
         other options are those of :meth:`cached`.
         """
-        options = self._options(ttl, cache_errors, stale_ttl, stale_if_error, early_refresh)
+        options = self._options(
+            ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
+        )
         tag_keys = [self._keys.tag(t) for t in tags]
         return self._drive(read_through(self, self._keys.full(key), options, tag_keys), loader)
 
@@ -420,7 +422,9 @@ class Cache:
         tags: Sequence[str] = (),
     ) -> Any:
         """``get_or_load`` for asyncio code; ``loader`` may be sync or return an awaitable."""
-        options = self._options(ttl, cache_errors, stale_ttl, stale_if_error, early_refresh)
+        options = self._options(
+            ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
+        )
         tag_keys = [self._keys.tag(t) for t in tags]
         flow = read_through(self, self._keys.full(key), options, tag_keys)
         return await self._adrive(flow, loader)

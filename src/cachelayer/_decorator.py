@@ -8,7 +8,6 @@ see the wrapped signature) that carries ``invalidate``, ``ainvalidate``, ``uncac
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
@@ -102,34 +101,27 @@ def make_cached(
             tag_keys = [tag(fn(args, kwargs)) for fn in tagfns] if tagfns else ()
             return read_through(cache, full(keyfn(args, kwargs)), options, tag_keys)
 
-        def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def warm_flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Flow]:
             store = full(keyfn(args, kwargs))
-            tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
-            warm = refresh(cache, store, options, tag_keys)
-            if is_async:
-                job = lambda: asyncio.run(cache._adrive(warm, lambda: func(*args, **kwargs)))  # noqa: E731
-            else:
-                job = lambda: cache._drive(warm, lambda: func(*args, **kwargs))  # noqa: E731
-            cache._refresher.submit(store, job)
+            return store, refresh(cache, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
             done = cache._invalidate_full(full(keyfn(args, kwargs)))
-            if refresh_after_write:
-                rewarm(args, kwargs)
+            if refresh_after_write and not is_async:  # async functions rewarm in ainvalidate
+                store, warm = warm_flow(args, kwargs)
+                loader = functools.partial(func, *args, **kwargs)
+                cache._refresher.submit(store, functools.partial(cache._drive, warm, loader))
             return done
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
-            store = full(keyfn(args, kwargs))
-            done = await cache._ainvalidate_full(store)
+            done = await cache._ainvalidate_full(full(keyfn(args, kwargs)))
             if refresh_after_write:
+                store, warm = warm_flow(args, kwargs)
+                loader = functools.partial(func, *args, **kwargs)
                 if is_async:
-                    tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
-                    warm = refresh(cache, store, options, tag_keys)
-                    cache._refresher.spawn(
-                        store, lambda: cache._adrive(warm, lambda: func(*args, **kwargs))
-                    )
+                    cache._refresher.spawn(store, functools.partial(cache._adrive, warm, loader))
                 else:
-                    rewarm(args, kwargs)
+                    cache._refresher.submit(store, functools.partial(cache._drive, warm, loader))
             return done
 
         # Untagged calls read the key first and answer a plain fresh hit without starting
