@@ -45,7 +45,7 @@ class StoreRunner:
         stats: Stats,
         refresh_workers: int,
     ) -> None:
-        self.store_ = store
+        self.store = store
         self._astore: AsyncStore | None = None
         self.breaker = breaker
         self.stats = stats
@@ -60,7 +60,7 @@ class StoreRunner:
         if not self.breaker.allow():
             return self._skipped(method, raising, invalidating)
         try:
-            result = getattr(self.store_, method)(*args)
+            result = getattr(self.store, method)(*args)
         except Exception as exc:
             return self._failed(method, exc, raising, invalidating)
         self.breaker.success()
@@ -126,7 +126,7 @@ class StoreRunner:
     def astore(self) -> AsyncStore:
         """The asyncio face of the store (built on first use)."""
         if self._astore is None:
-            self._astore = self.store_.asynchronous()
+            self._astore = self.store.asynchronous()
         return self._astore
 
     # -- the read path's shells ------------------------------------------------------------
@@ -227,11 +227,11 @@ class StoreRunner:
     def close(self) -> None:
         """Finish background refreshes, then close the sync face's connections."""
         self.refresher.close()
-        self.store_.close()
+        self.store.close()
 
     async def aclose(self) -> None:
         """Cancel this loop's background refreshes, then close both faces' connections."""
         await self.refresher.aclose()
         if self._astore is not None:
             await self._astore.close()
-        self.store_.close()
+        self.store.close()
