@@ -80,7 +80,8 @@ class Cache:
         max_key_length: store keys of this length or more are cut to it (a readable
             head, then a hash of the whole key).
         clock: wall-clock seconds, written into entries; injected by tests.
-        rng: uniform ``[0, 1)`` source for TTL jitter; injected by tests.
+        rng: uniform ``[0, 1)`` source for TTL jitter and early-refresh draws; injected
+            by tests.
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class Cache:
         keys = (
             signing_key
             if signing_key is None or isinstance(signing_key, (bytes, str))
-            else (list(signing_key))
+            else list(signing_key)
         )
         self._serializer = Serializer(
             codec, compress_threshold=compress_threshold, signing_key=keys

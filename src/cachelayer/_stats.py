@@ -83,8 +83,7 @@ class Stats:
 class RateLimitedLog:
     """Logs one message per kind per ``interval`` seconds, counting the ones it held back.
 
-    Messages never include cache keys or values (they may hold user data); callers log
-    those separately at DEBUG level.
+    Callers keep cache keys and values out of messages: they may hold user data.
     """
 
     def __init__(
