@@ -1,0 +1,442 @@
+"""Django's cache API on a cachelayer :class:`~cachelayer.Cache` (docs/django.md).
+
+Django builds one backend object per thread (and per async context) from ``CACHES``;
+each holds its own :class:`~cachelayer.Cache`. Redis connections are pooled per backend
+object and kept between requests, as Django's own Redis backend does. ``memory://``
+stores are shared by every backend object of the process with the same ``LOCATION``
+(as ``LocMemCache`` shares by ``LOCATION``), so all threads see one cache.
+
+Every method has a native async twin (``aget`` awaits the Cache's ``aget``: no thread).
+Read-modify-writes (``add``, ``incr``/``decr``, ``touch``) are written once as
+generators that yield store steps, driven by :meth:`CacheBackend._run` with blocking
+calls or by :meth:`CacheBackend._arun` with ``await``; each conditional write is an
+atomic compare-and-set (``swap``, see ``_swap.py``), retried when another writer won.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.exceptions import ImproperlyConfigured
+
+from .._cache import Cache
+from .._envelope import Entry
+from .._readpath import FAILED, Flow, lease_key
+from ..backends import MemoryStore, Store, store_from_url
+from ..errors import CacheError, ConfigurationError
+from ._swap import SwapMemoryStore, SwapRedisStore
+
+__all__ = ["CacheBackend"]
+
+#: A read-modify-write that loses this many races in a row gives up (a livelock guard:
+#: every lost race means another writer of the same key made progress).
+MAX_SWAPS = 1000
+
+# OPTIONS that configure Django's own backends, not a Cache: what to use instead.
+_NOT_OPTIONS = {
+    "ttl": 'the "TIMEOUT" setting (and timeout= per call)',
+    "MAX_ENTRIES": 'the LOCATION "memory://?max_entries=N" (a memory store\'s bound)',
+    "CULL_FREQUENCY": "nothing: the memory store evicts least recently used entries",
+}
+_CACHE_OPTIONS = frozenset(inspect.signature(Cache).parameters) - {"url", "ttl"}
+
+_memory_stores: dict[str, SwapMemoryStore] = {}
+_memory_lock = threading.Lock()
+
+
+def _store_for(location: str) -> Store:
+    """The store ``location`` names; one memory store per memory URL in the process."""
+    if location.partition("://")[0].lower() != "memory":
+        return SwapRedisStore(location)
+    with _memory_lock:
+        store = _memory_stores.get(location)
+        if store is None:
+            parsed = store_from_url(location)  # validates the URL and its options
+            assert isinstance(parsed, MemoryStore)
+            store = SwapMemoryStore(parsed.max_entries, parsed.max_bytes)
+            _memory_stores[location] = store
+        return store
+
+
+def _escape(key: str) -> str:
+    """Make a Django key safe as a cachelayer key, injectively: ``%``, ``{`` and ``}`` are
+    percent-encoded, so no Django key can hold a stray ``}`` or act as a hash tag."""
+    if "%" in key or "{" in key or "}" in key:
+        return key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return key
+
+
+def _dont_store(seconds: float | None) -> bool:
+    """Django: a timeout of 0 or less means "do not cache" (and drop what is there)."""
+    return seconds is not None and seconds <= 0
+
+
+def _default_value(default: Any) -> Any:
+    return default() if callable(default) else default
+
+
+class CacheBackend(BaseCache):
+    """A Django cache backend on cachelayer: ``"BACKEND": "cachelayer.django.CacheBackend"``.
+
+    Args:
+        location: ``LOCATION``: ``"redis://host:6379/0"`` (also ``rediss://``,
+            ``unix://``, ``valkey://``; redis-py options as query parameters, e.g.
+            ``?socket_timeout=0.2``) or ``"memory://"`` (the default;
+            ``?max_entries=N&max_bytes=64MB``).
+        params: the rest of the ``CACHES`` entry: ``TIMEOUT``, ``KEY_PREFIX``,
+            ``VERSION``, ``KEY_FUNCTION``, and ``OPTIONS``, the keyword arguments of
+            :class:`~cachelayer.Cache` (``namespace``, ``codec``, ``signing_key``,
+            ``on_error``, ``jitter``, ...) except ``ttl``, which is ``TIMEOUT``.
+            ``jitter`` defaults to 0 here, so timeouts are exact as Django documents.
+
+    Raises:
+        ImproperlyConfigured: an unknown option, a bad URL or a bad Cache option.
+    """
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        options = dict(params.get("OPTIONS") or {})
+        for name in options:
+            if name in _NOT_OPTIONS:
+                raise ImproperlyConfigured(
+                    f"cachelayer.django.CacheBackend: OPTIONS[{name!r}] is not a cachelayer "
+                    f"option; use {_NOT_OPTIONS[name]}"
+                )
+            if name not in _CACHE_OPTIONS:
+                raise ImproperlyConfigured(
+                    f"cachelayer.django.CacheBackend: unknown OPTIONS key {name!r} "
+                    f"(known: {', '.join(sorted(_CACHE_OPTIONS))})"
+                )
+        if not isinstance(location, str):
+            raise ImproperlyConfigured(
+                f"cachelayer.django.CacheBackend: LOCATION must be one URL string, "
+                f"not {location!r}"
+            )
+        options.setdefault("jitter", 0.0)
+        self._raise = options.get("on_error", "ignore") == "raise"
+        try:
+            #: The cachelayer Cache behind this backend: its ``stats``, ``cached``
+            #: decorator and ``register_type`` work on the same entries.
+            self.cache = Cache(_store_for(location or "memory://"), **options)
+        except ConfigurationError as exc:
+            raise ImproperlyConfigured(f"cachelayer.django.CacheBackend: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"<cachelayer.django.CacheBackend over {self.cache!r}>"
+
+    # -- keys, timeouts, values ------------------------------------------------------------
+
+    def _key(self, key: Any, version: int | None) -> str:
+        """Django's key (``KEY_PREFIX:VERSION:key``, or ``KEY_FUNCTION``'s), validated
+        as Django's backends do (a ``CacheKeyWarning`` for memcached-unsafe keys), then
+        escaped for cachelayer; the Cache adds its namespace in front."""
+        return _escape(self.make_and_validate_key(key, version=version))
+
+    def _seconds(self, timeout: Any) -> float | None:
+        """Seconds to keep an entry; ``None`` never expires; <= 0 means do not store."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is None:
+            return None
+        seconds = float(timeout)
+        return None if math.isinf(seconds) and seconds > 0 else seconds
+
+    def _live(self, raw: bytes) -> Entry | None:
+        """The entry ``raw`` holds if it is a fresh value; None if it is expired, a cached
+        error or does not decode (all of which a reader sees as a miss).
+
+        Tag tokens are not checked: this backend never writes tagged entries.
+        """
+        entry = self.cache._decode(raw)
+        if entry is None or entry.negative:
+            return None
+        if entry.fresh_until_ms and self.cache._now_ms() >= entry.fresh_until_ms:
+            return None
+        return entry
+
+    # -- the read-modify-writes, written once ----------------------------------------------
+
+    def _run(self, flow: Flow) -> Any:
+        """Drive a flow with blocking store calls (failures come back as FAILED)."""
+        call, raising = self.cache._call, self._raise
+        try:
+            op = next(flow)
+            while True:
+                op = flow.send(call(op[0], op[1:], raising))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _arun(self, flow: Flow) -> Any:
+        """Drive a flow with awaited store calls."""
+        acall, raising = self.cache._acall, self._raise
+        try:
+            op = next(flow)
+            while True:
+                op = flow.send(await acall(op[0], op[1:], raising))
+        except StopIteration as stop:
+            return stop.value
+
+    def _add_flow(self, key: Any, value: Any, timeout: Any, version: int | None) -> Flow:
+        """Store only if absent: one atomic swap; a dead entry (expired by its envelope,
+        unreadable) counts as absent and is replaced under the same guard."""
+        full = self.cache._keys.full(self._key(key, version))
+        seconds = self._seconds(timeout)
+        if _dont_store(seconds):
+            self.cache._encode(value, None)  # an unsupported type raises, as on a store
+            raw = yield ("get", full)
+            return raw is None or (raw is not FAILED and self._live(raw) is None)
+        seconds = self.cache._ttl.resolve(seconds)
+        payload = self.cache._encode(value, seconds)
+        lease = lease_key(full)  # voided: a fill that started before the add must not land
+        expected: bytes | None = None
+        for _ in range(MAX_SWAPS):
+            done = yield ("swap", full, expected, payload, seconds, lease)
+            if done is not False:
+                return done is True  # stored, or the store failed (not stored)
+            raw = yield ("get", full)
+            if raw is FAILED or (raw is not None and self._live(raw) is not None):
+                return False
+            expected = raw
+        return False
+
+    def _touch_flow(self, key: Any, timeout: Any, version: int | None) -> Flow:
+        """Give a live entry a new expiry: rewrite its envelope if it is unchanged."""
+        full = self.cache._keys.full(self._key(key, version))
+        seconds = self._seconds(timeout)
+        if _dont_store(seconds):
+            raw = yield ("get", full)
+            if raw is None or raw is FAILED or self._live(raw) is None:
+                return False
+            yield ("delete", [full, lease_key(full)])
+            return True
+        seconds = self.cache._ttl.resolve(seconds)
+        for _ in range(MAX_SWAPS):
+            raw = yield ("get", full)
+            entry = None if raw is None or raw is FAILED else self._live(raw)
+            if entry is None:
+                return False
+            payload = self.cache._encode(entry.value, seconds, entry.duration_ms, tags=entry.tags)
+            done = yield ("swap", full, raw, payload, seconds, None)
+            if done is not False:
+                return done is True
+        return False
+
+    def _incr_flow(self, key: Any, delta: int, version: int | None) -> Flow:
+        """Add ``delta`` to an int entry, keeping its expiry; atomic (compare-and-set)."""
+        full = self.cache._keys.full(self._key(key, version))
+        lease = lease_key(full)
+        for _ in range(MAX_SWAPS):
+            raw = yield ("get", full)
+            if raw is FAILED:
+                raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
+            entry = None if raw is None else self._live(raw)
+            if entry is None:
+                raise ValueError(f"Key '{key}' not found")
+            if type(entry.value) is not int:
+                raise TypeError(
+                    f"incr()/decr() need an int value; key '{key}' holds a "
+                    f"{type(entry.value).__name__}"
+                )
+            value = entry.value + delta
+            payload = self.cache._serializer.dumps(
+                value,
+                written_ms=self.cache._now_ms(),
+                fresh_until_ms=entry.fresh_until_ms,
+                duration_ms=entry.duration_ms,
+                tags=entry.tags,
+            )
+            done = yield ("swap", full, raw, payload, None, lease, True)
+            if done is True:
+                return value
+            if done is FAILED:
+                raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
+        raise CacheError(
+            f"incr(): key '{key}' changed {MAX_SWAPS} times while it was being updated"
+        )
+
+    def _set_many_args(
+        self, data: dict[Any, Any], seconds: float | None, version: int | None
+    ) -> tuple[list[tuple[str, bytes, float | None]], list[str]]:
+        items, void = [], []
+        for key, value in data.items():
+            full = self.cache._keys.full(self._key(key, version))
+            jittered = self.cache._ttl.resolve(seconds)
+            items.append((full, self.cache._encode(value, jittered), jittered))
+            void.append(lease_key(full))
+        self.cache.stats.sets += len(items)
+        return items, void
+
+    # -- Django's API ------------------------------------------------------------------------
+
+    def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any:
+        """The cached value, or ``default`` when absent, expired or the store is down."""
+        return self.cache.get(self._key(key, version), default)
+
+    async def aget(self, key: Any, default: Any | None = None, version: int | None = None) -> Any:
+        return await self.cache.aget(self._key(key, version), default)
+
+    def set(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        """Store ``value``; a timeout <= 0 deletes the key instead.
+
+        Raises:
+            TypeError: the codec cannot store the value's type (it is named).
+        """
+        key, seconds = self._key(key, version), self._seconds(timeout)
+        if _dont_store(seconds):
+            self.cache.delete(key)
+        else:
+            self.cache.set(key, value, seconds)
+
+    async def aset(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        key, seconds = self._key(key, version), self._seconds(timeout)
+        if _dont_store(seconds):
+            await self.cache.adelete(key)
+        else:
+            await self.cache.aset(key, value, seconds)
+
+    def add(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        """Store ``value`` only if the key holds no live value; True if stored (with a
+        timeout <= 0: True if the key was absent, and nothing is stored)."""
+        return bool(self._run(self._add_flow(key, value, timeout, version)))
+
+    async def aadd(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        return bool(await self._arun(self._add_flow(key, value, timeout, version)))
+
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        """Set a new expiry for a live key (``None``: never); False if it is absent."""
+        return bool(self._run(self._touch_flow(key, timeout, version)))
+
+    async def atouch(
+        self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        return bool(await self._arun(self._touch_flow(key, timeout, version)))
+
+    def delete(self, key: Any, version: int | None = None) -> bool:
+        """Delete the key (and void loads in flight for it); True if it was there."""
+        return self.cache.delete(self._key(key, version))
+
+    async def adelete(self, key: Any, version: int | None = None) -> bool:
+        return await self.cache.adelete(self._key(key, version))
+
+    def has_key(self, key: Any, version: int | None = None) -> bool:
+        """True if the key holds a live value."""
+        missing = self._missing_key
+        return self.cache.get(self._key(key, version), missing) is not missing
+
+    async def ahas_key(self, key: Any, version: int | None = None) -> bool:
+        missing = self._missing_key
+        return await self.cache.aget(self._key(key, version), missing) is not missing
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        """Add ``delta`` atomically and return the new value; the expiry is kept.
+
+        Raises:
+            ValueError: the key is absent (or the store is unavailable).
+            TypeError: the key holds something other than an int.
+        """
+        return int(self._run(self._incr_flow(key, delta, version)))
+
+    async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(await self._arun(self._incr_flow(key, delta, version)))
+
+    # decr, adecr, incr_version, decr_version and their async twins: BaseCache's, which
+    # call incr/aincr and get/set/delete (and their async twins) above.
+
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        """``{key: value}`` for the keys that hold a live value; one round trip."""
+        names = {self._key(key, version): key for key in keys}
+        return {names[k]: v for k, v in self.cache.get_many(names).items()}
+
+    async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        names = {self._key(key, version): key for key in keys}
+        return {names[k]: v for k, v in (await self.cache.aget_many(names)).items()}
+
+    def set_many(
+        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> list[Any]:
+        """Store every item in one round trip; returns the keys that were not stored
+        (all of them when the store failed)."""
+        seconds = self._seconds(timeout)
+        if not data:
+            return []
+        if _dont_store(seconds):
+            self.delete_many(data, version)
+            return []
+        args = self._set_many_args(data, seconds, version)
+        return list(data) if self.cache._call("set_many", args, self._raise) is FAILED else []
+
+    async def aset_many(
+        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> list[Any]:
+        seconds = self._seconds(timeout)
+        if not data:
+            return []
+        if _dont_store(seconds):
+            await self.adelete_many(data, version)
+            return []
+        args = self._set_many_args(data, seconds, version)
+        failed = await self.cache._acall("set_many", args, self._raise) is FAILED
+        return list(data) if failed else []
+
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        """Delete the keys in one round trip."""
+        self.cache.delete_many([self._key(key, version) for key in keys])
+
+    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        await self.cache.adelete_many([self._key(key, version) for key in keys])
+
+    def get_or_set(
+        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Any:
+        """The cached value; on a miss ``default`` (called if callable), stored and returned.
+
+        Runs cachelayer's read path: concurrent misses of one key call ``default`` once
+        per process and wait for one another across processes (leases).
+        """
+        name, seconds = self._key(key, version), self._seconds(timeout)
+        if _dont_store(seconds):
+            value = self.cache.get(name, self._missing_key)
+            return _default_value(default) if value is self._missing_key else value
+        loader: Callable[[], Any] = default if callable(default) else lambda: default
+        return self.cache.get_or_load(name, loader, seconds, early_refresh=0.0)
+
+    async def aget_or_set(
+        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Any:
+        """``get_or_set``; ``default`` may also be an async callable."""
+        name, seconds = self._key(key, version), self._seconds(timeout)
+        if _dont_store(seconds):
+            value = await self.cache.aget(name, self._missing_key)
+            if value is not self._missing_key:
+                return value
+            value = _default_value(default)
+            return await value if inspect.isawaitable(value) else value
+        loader: Callable[[], Any] = default if callable(default) else lambda: default
+        return await self.cache.aget_or_load(name, loader, seconds, early_refresh=0.0)
+
+    def clear(self) -> None:
+        """Delete every entry of this cache's namespace (and cachelayer version) only."""
+        self.cache.clear()
+
+    async def aclear(self) -> None:
+        await self.cache.aclear()
+
+    def close(self, **kwargs: Any) -> None:
+        """Nothing to do: Django calls this after every request, and the connections are
+        pooled for the next one (as with Django's own Redis backend)."""
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """Nothing to do (see :meth:`close`)."""
