@@ -300,3 +300,38 @@ async def test_async_waits_for_the_lease_holder(
     await a.aclear()
     await a.aclose()
     await b.aclose()
+
+
+def test_late_follower_does_not_share_a_value_invalidated_before_it_started(pool: Any) -> None:
+    """A follower that joins after the leader's fill took effect (and after an
+    invalidation of that value returned) reads for itself instead of sharing."""
+    from cachelayer import CircuitBreaker
+    from cachelayer.backends import MemoryStore
+
+    class SlowReplyStore(MemoryStore):
+        """fill() takes effect at once but its reply is held until released."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.filled = threading.Event()
+            self.reply = threading.Event()
+
+        def fill(self, *args: Any) -> bool:
+            done = super().fill(*args)
+            self.filled.set()
+            assert self.reply.wait(WAIT)
+            return done
+
+    store = SlowReplyStore()
+    cache = Cache(store, breaker=CircuitBreaker(threshold=0))
+    db = {"k": "v1"}
+    leader = pool.submit(cache.get_or_load, "k", lambda: db["k"])
+    assert store.filled.wait(WAIT)  # the leader's fill of v1 is in the store
+    db["k"] = "v2"
+    cache.invalidate("k")  # ... and has been invalidated; this returned
+    follower = pool.submit(cache.get_or_load, "k", lambda: db["k"])
+    until(lambda: cache.stats.misses == 2, "the follower to miss and join")
+    store.reply.set()
+    assert leader.result(WAIT) == "v1"
+    assert follower.result(WAIT) == "v2"
+    cache.close()

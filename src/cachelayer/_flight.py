@@ -22,13 +22,24 @@ __all__ = ["AsyncFlights", "Flight", "SyncFlights"]
 class Flight:
     """One load in progress; followers read its outcome once ``event`` is set."""
 
-    __slots__ = ("error", "event", "raw", "trusted")
+    __slots__ = ("cutoff", "error", "event", "followers", "raw", "trusted")
 
     def __init__(self, event: threading.Event | asyncio.Event) -> None:
         self.event = event
         self.raw: bytes | None = None  # envelope bytes of the value to share
         self.error: BaseException | None = None
         self.trusted = False
+        self.followers = 0  # followers that joined so far, numbered from 0
+        # Followers numbered below this joined before the store step the published value
+        # rests on took effect; later ones may have started after an invalidation that
+        # followed that step, so they must read for themselves.
+        self.cutoff = 0
+
+    def trusted_by(self, follower: int) -> bool:
+        """May the follower numbered ``follower`` use this outcome?"""
+        if not self.trusted:
+            return False
+        return self.error is not None or follower < self.cutoff
 
     def publish(self, raw: bytes, trusted: bool) -> None:
         self.raw = raw
@@ -48,14 +59,15 @@ class SyncFlights:
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
 
-    def join(self, key: str) -> tuple[Flight, bool]:
-        """The flight for ``key`` and whether the caller leads it (else it must wait)."""
+    def join(self, key: str) -> tuple[Flight, int]:
+        """The flight for ``key`` and the caller's follower number (-1: it leads)."""
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None:
-                return flight, False
+                flight.followers += 1
+                return flight, flight.followers - 1
             flight = self._flights[key] = Flight(threading.Event())
-            return flight, True
+            return flight, -1
 
     def finish(self, key: str, flight: Flight) -> None:
         """Close the flight to new followers and wake the waiting ones."""
@@ -71,13 +83,14 @@ class AsyncFlights:
     def __init__(self) -> None:
         self._flights: dict[tuple[int, str], Flight] = {}
 
-    def join(self, key: str) -> tuple[Flight, bool]:
+    def join(self, key: str) -> tuple[Flight, int]:
         slot = (id(asyncio.get_running_loop()), key)
         flight = self._flights.get(slot)
         if flight is not None:
-            return flight, False
+            flight.followers += 1
+            return flight, flight.followers - 1
         flight = self._flights[slot] = Flight(asyncio.Event())
-        return flight, True
+        return flight, -1
 
     def finish(self, key: str, flight: Flight) -> None:
         slot = (id(asyncio.get_running_loop()), key)
@@ -86,8 +99,16 @@ class AsyncFlights:
         flight.event.set()
 
 
-def wait_sync(flight: Flight) -> Any:
+#: What a follower gets when it may not use the leader's outcome.
+UNTRUSTED = Flight(threading.Event())
+
+#: Store steps whose result a leader may publish: followers that join after one of them
+#: took effect are not covered by it.
+OUTCOME_STEPS = frozenset({"get", "get_many", "lease", "fill"})
+
+
+def wait_sync(flight: Flight, follower: int) -> Any:
     event = flight.event
     assert isinstance(event, threading.Event)
     event.wait()
-    return flight
+    return flight if flight.trusted_by(follower) else UNTRUSTED

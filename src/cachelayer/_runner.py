@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._breaker import CircuitBreaker
-from ._flight import AsyncFlights, SyncFlights, wait_sync
+from ._flight import OUTCOME_STEPS, UNTRUSTED, AsyncFlights, SyncFlights, wait_sync
 from ._readpath import FAILED, LEAD, LOAD, Flow
 from ._refresh import Refresher
 from ._stats import RateLimitedLog, Stats
@@ -140,6 +140,8 @@ class StoreRunner:
             while True:
                 name = op[0]
                 if name in _STORE_METHODS:
+                    if flight is not None and name in OUTCOME_STEPS:
+                        flight.cutoff = flight.followers
                     result = self.call(name, op[1:], raising)
                 elif op is LOAD:
                     assert loader is not None
@@ -149,11 +151,11 @@ class StoreRunner:
                         op = flow.throw(exc)
                         continue
                 elif name == "flight":
-                    joined, lead = self._flights.join(op[1])
-                    if lead:
+                    joined, follower = self._flights.join(op[1])
+                    if follower < 0:
                         flight, flight_key, result = joined, op[1], LEAD
                     else:
-                        result = wait_sync(joined)
+                        result = wait_sync(joined, follower)
                 elif name == "publish":
                     if flight is not None:
                         flight.publish(op[1], op[2])
@@ -186,6 +188,8 @@ class StoreRunner:
             while True:
                 name = op[0]
                 if name in _STORE_METHODS:
+                    if flight is not None and name in OUTCOME_STEPS:
+                        flight.cutoff = flight.followers
                     result = await self.acall(name, op[1:], raising)
                 elif op is LOAD:
                     assert loader is not None
@@ -197,12 +201,12 @@ class StoreRunner:
                         op = flow.throw(exc)
                         continue
                 elif name == "flight":
-                    joined, lead = self._aflights.join(op[1])
-                    if lead:
+                    joined, follower = self._aflights.join(op[1])
+                    if follower < 0:
                         flight, flight_key, result = joined, op[1], LEAD
                     else:
                         await joined.event.wait()  # type: ignore[misc]
-                        result = joined
+                        result = joined if joined.trusted_by(follower) else UNTRUSTED
                 elif name == "publish":
                     if flight is not None:
                         flight.publish(op[1], op[2])
