@@ -335,3 +335,23 @@ def test_late_follower_does_not_share_a_value_invalidated_before_it_started(pool
     assert leader.result(WAIT) == "v1"
     assert follower.result(WAIT) == "v2"
     cache.close()
+
+
+def test_waiter_takes_over_when_the_holders_lease_is_voided(cache_factory: Any, pool: Any) -> None:
+    """An invalidation voids the holder's lease: the waiter loads and fills at once
+    instead of polling out its whole lease_wait."""
+    a = cache_factory()
+    b = cache_factory(lease_wait=60.0)  # far longer than this test may take
+    db = {"k": "v1"}
+    loader = BlockingLoader(db, "k")
+    first = pool.submit(a.get_or_load, "k", loader)
+    assert loader.entered.wait(WAIT)
+    second = pool.submit(b.get_or_load, "k", lambda: db["k"])
+    until(lambda: b.stats.misses == 1, "b to miss and wait")
+    db["k"] = "v2"
+    b.invalidate("k")  # voids a's lease
+    assert second.result(WAIT) == "v2"
+    assert b.get("k") == "v2"  # b filled
+    loader.release.set()
+    assert first.result(WAIT) == "v1"
+    assert a.get("k") == "v2"  # a's fill was refused

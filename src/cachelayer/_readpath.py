@@ -356,7 +356,19 @@ def read_through(
                 yield ("sleep", delay)
                 waited += delay
                 delay = min(delay * 2, 0.05)
-                raw2, tokens2 = yield from _fetch(key, tag_keys)
+                if not tag_keys:
+                    # The holder's fill, or -- if an invalidation voided the holder's
+                    # lease, so no fill will come -- the lease for us, in one step.
+                    mine = os.urandom(16)
+                    raw2 = yield ("lease", key, lease, mine, cache.lease_ttl)
+                    if raw2 is True:
+                        token = mine  # we load and fill; the outcome rests on our fill
+                        break
+                    tokens2 = None
+                    if raw2 is False:
+                        continue
+                else:
+                    raw2, tokens2 = yield from _fetch(key, tag_keys)
                 if raw2 is FAILED:
                     break
                 entry = _usable(cache, raw2, tokens2, options) if raw2 is not None else None
@@ -365,7 +377,8 @@ def read_through(
                     return (yield from _serve(entry, options))
             else:
                 stats.lease_timeouts += 1
-            # Load ourselves, without filling: our load may predate an invalidation.
+            # Without the lease we load without filling: our load may predate an
+            # invalidation.
 
     stats.loads += 1
     started = time.perf_counter()
