@@ -1,0 +1,1 @@
+"""``cachelayer demo``: the motivating story, served and measured end to end (docs/demo.md)."""

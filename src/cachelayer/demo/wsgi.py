@@ -1,0 +1,10 @@
+"""The WSGI application gunicorn serves (``cachelayer.demo.wsgi:application``)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cachelayer.demo.settings")
+application = get_wsgi_application()

@@ -1,0 +1,133 @@
+"""``cachelayer demo`` end to end: a small database, a real server, real HTTP, real Redis.
+
+Runs the command in a subprocess, as a user would, with short phases. It pins what the
+demo promises: every phase answers without errors, cachelayer serves no stale read and
+runs fewer queries than no cache, and the report and JSON are written. Figures (speed-ups)
+are not asserted: tests never assert timings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cachelayer.demo.load import Versions, Zipf
+
+DEMO = [sys.executable, "-m", "cachelayer", "demo"]
+SMALL = ["--users", "400", "--duration", "2", "--warmup", "0.5", "--concurrency", "4"]
+
+
+def run_demo(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*DEMO, *SMALL, "--data-dir", str(tmp_path / "data"), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "<svg" in (out / "report.html").read_text()
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+def check_phases(results: dict[str, Any]) -> None:
+    phases = results["phases"]
+    assert set(phases) == {"floor", "none", "naive", "cachelayer"}
+    for name, phase in phases.items():
+        assert phase["errors"] == 0, name
+        assert phase["requests"] > 0, name
+    assert phases["none"]["hit_ratio"] == 0
+    c = phases["cachelayer"]
+    assert c["stale_reads"] == 0
+    assert c["writes"] > 0
+    assert c["hit_ratio"] > 0
+    assert c["queries_per_request"] < phases["none"]["queries_per_request"]
+
+
+def test_demo_memory_store(tmp_path: Path) -> None:
+    """The default run (SQLite, memory store): three phases, a floor, no stale cachelayer read."""
+    results = run_demo(tmp_path)
+    check_phases(results)
+    assert results["settings"]["store"] == "memory://"
+    # The database is built once: a second run finds it and does not rebuild it.
+    built = list((tmp_path / "data").glob("*.sqlite3"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    proc = subprocess.run(
+        [*DEMO, *SMALL, "--phases", "cachelayer", "--data-dir", str(tmp_path / "data"),
+         "--out", str(tmp_path / "again")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Building" not in proc.stdout
+    assert built[0].stat().st_mtime_ns >= stamp
+
+
+def test_demo_redis_store_cleans_up(tmp_path: Path, redis_url: str) -> None:
+    """With --redis both cached phases use that Redis, and the run deletes its own keys."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        results = run_demo(tmp_path, "--redis", redis_url)
+        check_phases(results)
+        assert results["settings"]["store"] == redis_url
+        assert list(client.scan_iter(match="*cldemo*")) == []
+    finally:
+        client.close()
+
+
+def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
+    """Bad input is a clear error, before any work."""
+    proc = subprocess.run(
+        [*DEMO, "--phases", "none,bogus", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "bogus" in proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [*DEMO, "--redis", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "cannot reach" in proc.stdout + proc.stderr
+
+
+def test_versions_floor_is_the_newest_completed_write() -> None:
+    """A read must return at least the newest version whose write completed before it."""
+    versions = Versions()
+    assert versions.floor(7) == 0
+    versions.wrote(7, 3)
+    versions.wrote(7, 2)  # a slower, older write completing later does not lower the floor
+    assert versions.floor(7) == 3
+    assert versions.floor(8) == 0
+
+
+def test_zipf_is_seeded_and_skewed() -> None:
+    """The same seed gives the same ids; the hottest id is drawn far more than the median."""
+    zipf = Zipf(1000, 1.1, seed=5)
+    rng1, rng2 = random.Random(9), random.Random(9)
+    assert [zipf.draw(rng1) for _ in range(500)] == [zipf.draw(rng2) for _ in range(500)]
+    rng = random.Random(3)
+    draws = [zipf.draw(rng) for _ in range(20000)]
+    counts = sorted((draws.count(i) for i in set(draws)), reverse=True)
+    assert counts[0] > 20 * counts[len(counts) // 2]
+    assert all(1 <= i <= 1000 for i in draws)
+
+
+@pytest.mark.parametrize("bad", ["mysql://x/y", "sqlite:///tmp/x"])
+def test_demo_database_must_be_postgresql(tmp_path: Path, bad: str) -> None:
+    """--database takes a postgresql:// URL; anything else is refused by name."""
+    proc = subprocess.run(
+        [*DEMO, "--database", bad, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert bad in proc.stdout + proc.stderr
