@@ -261,6 +261,7 @@ def _summary(result: Any) -> dict[str, Any]:
         if server.get("requests")
         else 0.0,
         "hit_ratio": round(1 - server["loads"] / server["reads"], 4) if server.get("reads") else 0,
+        "cpu_ms": _cpu(server),
         "stale_reads": result.stale,
         "reads_after_write": result.reads_after_write,
         "errors": result.errors,
@@ -269,6 +270,19 @@ def _summary(result: Any) -> dict[str, Any]:
         "cdf_ms": [round(_percentile(every, i / 200) * ms, 3) for i in range(201)],
         "latencies_us": {k: [int(x * 1e6) for x in v] for k, v in result.latencies.items()},
     }
+
+
+def _cpu(server: dict[str, int]) -> dict[str, float]:
+    """Server CPU ms per request: the mean, and per kind (ping, hit, miss, write)."""
+    kinds = ("ping", "hit", "miss", "write")
+    total = sum(server.get(f"cpu_us_{k}", 0) for k in kinds)
+    count = sum(server.get(f"n_{k}", 0) for k in kinds)
+    out = {"mean": round(total / count / 1000, 3) if count else 0.0}
+    for k in kinds:
+        if server.get(f"n_{k}"):
+            out[k] = round(server[f"cpu_us_{k}"] / server[f"n_{k}"] / 1000, 3)
+            out[f"{k}_share"] = round(server[f"n_{k}"] / count, 4)
+    return out
 
 
 def _redact(url: str) -> str:

@@ -22,6 +22,11 @@ def _stale(p: dict[str, Any]) -> str:
     return f"{p['stale_reads']} ({share:.1f}%)"
 
 
+def _cpu_kinds(p: dict[str, Any]) -> str:
+    cpu = p["cpu_ms"]
+    return " / ".join(f"{cpu[k]:.2f}" if k in cpu else "-" for k in ("hit", "miss", "write"))
+
+
 ROWS: list[tuple[str, Any]] = [
     ("req/s", lambda p: f"{p['rps']:,.0f}"),
     ("p50 ms", lambda p: f"{p['p50_ms']:.2f}"),
@@ -29,6 +34,8 @@ ROWS: list[tuple[str, Any]] = [
     ("p99 ms", lambda p: f"{p['p99_ms']:.2f}"),
     ("max ms", lambda p: f"{p['max_ms']:.1f}"),
     ("DB queries/req", lambda p: f"{p['queries_per_request']:.2f}"),
+    ("server CPU ms/req", lambda p: f"{p['cpu_ms']['mean']:.2f}"),
+    ("  hit / miss / write", _cpu_kinds),
     ("hit ratio", lambda p: f"{100 * p['hit_ratio']:.1f}%"),
     ("stale reads (of reads after a write)", _stale),
     ("errors", lambda p: str(p["errors"])),
@@ -106,7 +113,7 @@ def print_tables(console: Any, results: dict[str, Any]) -> None:
         console.print(f"  {mark:<20} {label}: {shown}")
 
 
-_FLOOR_ROWS = {"req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"}
+_FLOOR_ROWS = {"req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "server CPU ms/req"}
 
 
 def print_ramp(console: Any, results: dict[str, Any]) -> None:

@@ -73,9 +73,9 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 INSTALLED_APPS = ["cachelayer.demo", "cachelayer.django"]
 MIDDLEWARE = [
+    "cachelayer.demo.views.count_queries",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "cachelayer.demo.views.count_queries",
 ]
 ROOT_URLCONF = "cachelayer.demo.urls"
 DATABASES = {"default": database_settings(CONFIG.get("database", "sqlite:///:memory:"))}

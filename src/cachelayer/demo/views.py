@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,32 +26,39 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .models import Order, Preference, Profile, User
 
+KINDS = ("ping", "hit", "miss", "write")
+
 
 class Counters:
-    """Per-process request counters, read by the load driver through ``/_demo/stats``."""
+    """Per-process request counters, read by the load driver through ``/_demo/stats``.
+
+    Besides totals, each request's server CPU time (``time.thread_time``: this thread's
+    own, not time spent waiting for the GIL) is summed by kind: ``ping`` (the floor),
+    ``hit`` and ``miss`` (profile reads that did not / did run the queries), ``write``.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.requests = 0
-        self.queries = 0
-        self.reads = 0
-        self.loads = 0
+        self.counts: dict[str, int] = dict.fromkeys(["requests", "queries", "reads", "loads"], 0)
+        for kind in KINDS:
+            self.counts[f"n_{kind}"] = self.counts[f"cpu_us_{kind}"] = 0
 
     def add(self, **deltas: int) -> None:
         with self.lock:
             for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
+                self.counts[name] += delta
 
     def snapshot(self) -> dict[str, int]:
         with self.lock:
-            return {n: getattr(self, n) for n in ("requests", "queries", "reads", "loads")}
+            return dict(self.counts)
 
 
 COUNTERS = Counters()
+_request = threading.local()
 
 
 def count_queries(get_response: Callable[[HttpRequest], HttpResponse]) -> Callable[..., Any]:
-    """Middleware: count the SQL statements each request runs."""
+    """Middleware: count each request's SQL statements and CPU time, by kind."""
 
     def middleware(request: HttpRequest) -> HttpResponse:
         if request.path.startswith("/_demo/"):
@@ -62,9 +70,18 @@ def count_queries(get_response: Callable[[HttpRequest], HttpResponse]) -> Callab
             queries += 1
             return execute(*args)
 
+        _request.loaded = False
+        cpu = time.thread_time_ns()
         with connection.execute_wrapper(wrapper):
             response = get_response(request)
-        COUNTERS.add(requests=1, queries=queries)
+        cpu = (time.thread_time_ns() - cpu) // 1000
+        if request.method == "PUT":
+            kind = "write"
+        elif request.path == "/ping":
+            kind = "ping"
+        else:
+            kind = "miss" if _request.loaded else "hit"
+        COUNTERS.add(**{"requests": 1, "queries": queries, f"n_{kind}": 1, f"cpu_us_{kind}": cpu})
         return response
 
     return middleware
@@ -73,6 +90,7 @@ def count_queries(get_response: Callable[[HttpRequest], HttpResponse]) -> Callab
 def build_profile(user_id: int) -> dict[str, Any] | None:
     """The profile as the endpoint returns it; ``None`` for an unknown user."""
     COUNTERS.add(loads=1)
+    _request.loaded = True
     user = User.objects.filter(pk=user_id).first()
     if user is None:
         return None
