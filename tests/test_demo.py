@@ -12,13 +12,18 @@ import json
 import random
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 import redis
 
 from cachelayer.demo.load import Versions, Zipf
+from tests._postgres import postgres_server
 
 DEMO = [sys.executable, "-m", "cachelayer", "demo"]
 SMALL = ["--users", "400", "--duration", "2", "--warmup", "0.5", "--concurrency", "4"]
@@ -131,3 +136,35 @@ def test_demo_database_must_be_postgresql(tmp_path: Path, bad: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert bad in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server (POSTGRES_URL, the local one, or a private cluster)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_database(postgres_url: str) -> Iterator[str]:
+    """A database of its own on that server, dropped afterwards."""
+    name = "cldemo_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(postgres_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_demo_on_postgresql(tmp_path: Path, fresh_database: str) -> None:
+    """--database postgresql://: built there once (marked complete), then served from it."""
+    results = run_demo(tmp_path, "--database", fresh_database)
+    check_phases(results)
+    with psycopg.connect(fresh_database) as conn:
+        users = conn.execute("SELECT count(*) FROM demo_user").fetchone()
+        build = conn.execute("SELECT value FROM demo_meta WHERE name = 'build'").fetchone()
+    assert users == (400,)
+    assert build is not None
+    assert build[0].endswith("-400")
+    assert not list((tmp_path / "data").glob("*.sqlite3"))  # no SQLite file was built
