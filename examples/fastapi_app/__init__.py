@@ -1,0 +1,1 @@
+"""A small FastAPI app on cachelayer (see app.py)."""

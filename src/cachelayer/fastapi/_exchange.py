@@ -1,0 +1,231 @@
+"""One run of the app by the response cache: the request it answers, and the ``send``
+that captures the response (``Capture``).
+
+The capture buffers a storable response and builds the value the cache stores; it
+passes anything else through to the client as it comes. In the request's own task it
+also answers the client as soon as the response is complete, so the app's background
+tasks do not delay it; in a background refresh it only captures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ._http import header, storage_policy, strong_etag
+
+if TYPE_CHECKING:
+    from ._middleware import ResponseCacheMiddleware
+
+__all__ = ["BYPASS", "HIT", "MISS", "STALE", "AppFailed", "Capture", "Pass", "Request"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HIT, MISS, STALE, BYPASS = b"HIT", b"MISS", b"STALE", b"BYPASS"
+
+# Not stored with a response: hop-by-hop headers, and those the cache writes itself.
+_UNSTORED = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+        b"trailer", b"upgrade", b"content-length", b"age", b"x-cache",
+    }
+)  # fmt: skip
+# Stripped from the request the cache sends to the app, so the app answers in full and
+# the cache evaluates If-None-Match itself against what it stores.
+_CONDITIONAL = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
+     b"if-range", b"range"}
+)  # fmt: skip
+_FILE_SENDS = ("http.response.pathsend", "http.response.zerocopysend")
+
+
+class Pass(Exception):
+    """The response was not stored: its key is passed straight to the app for a while.
+
+    Cached as a negative entry (``pass_ttl``); rebuilt without ``owner`` on a hit.
+    """
+
+    owner: object = None
+
+
+class AppFailed(Exception):
+    """The app raised while the cache ran it; the request that ran it re-raises it."""
+
+    def __init__(self, owner: object, error: Exception) -> None:
+        super().__init__()
+        self.owner = owner
+        self.error = error
+
+
+class Request:
+    """One cacheable request: what the loader and the senders need to know of it."""
+
+    __slots__ = ("head", "if_none_match", "original", "receive", "scope", "send", "sent", "task")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, inm: str | None) -> None:
+        self.scope = scope
+        self.original = dict(scope)  # before the app adds its own keys: for refreshes
+        self.head = scope["method"] == "HEAD"
+        self.if_none_match = inm
+        self.receive = receive
+        self.send = send
+        self.sent = False  # the loader answered the client itself
+        self.task = asyncio.current_task()
+
+    def app_scope(self, foreground: bool, full: bool = True) -> Scope:
+        """The scope for one run of the app by the cache: a GET and, when ``full``, with
+        no conditional headers and no file-send extensions, so that the app answers with
+        the full body the cache stores.
+
+        The request's own run uses the request's scope (so that outer middleware sees
+        what the app added to it, the route for one) and :meth:`restore` undoes the
+        changes; a refresh gets a copy of the scope as it arrived.
+        """
+        scope = self.scope if foreground else dict(self.original)
+        scope["method"] = "GET"
+        if not foreground and isinstance(scope.get("state"), dict):
+            scope["state"] = dict(scope["state"])
+        if not full:
+            return scope
+        scope["headers"] = [(k, v) for k, v in self.original["headers"] if k not in _CONDITIONAL]
+        extensions = self.original.get("extensions")
+        if extensions:
+            scope["extensions"] = {k: v for k, v in extensions.items() if k not in _FILE_SENDS}
+        return scope
+
+    def restore(self) -> None:
+        """Give the request's scope back its method, headers and extensions."""
+        for name in ("method", "headers", "extensions"):
+            if name in self.original:
+                self.scope[name] = self.original[name]
+
+
+class Capture:
+    """The ``send`` the app gets when the cache runs it: buffers a storable response,
+    and passes anything else through to the client (when there is one) as it comes.
+    With ``passing``, everything is passed through under that ``X-Cache`` label."""
+
+    def __init__(
+        self,
+        mw: ResponseCacheMiddleware,
+        request: Request | None,
+        passing: bytes | None = None,
+    ) -> None:
+        self.mw = mw
+        self.request = request
+        self.client = request.send if request is not None else None
+        self.head = request is not None and request.head
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.freshness: tuple[float, float] | None = None
+        self.passing = False
+        self.label = passing or BYPASS
+        self.forced = passing is not None
+        self.value: dict[str, Any] | None = None
+        self.complete = asyncio.Event()
+        self._replayed = False
+
+    async def replay_receive(self) -> Message:
+        """``receive`` for a refresh: an empty GET body, then a disconnect once the
+        response is complete (as a client that reads the whole response would)."""
+        if not self._replayed:
+            self._replayed = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.complete.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = int(message["status"])
+            self.headers = [(k.lower(), v) for k, v in message.get("headers", ())]
+            if not (self.forced or message.get("trailers", False)):
+                policy = storage_policy(
+                    self.status,
+                    self.headers,
+                    statuses=self.mw.statuses,
+                    covered=self.mw.covered,
+                    default_ttl=self.mw.ttl,
+                    max_ttl=self.mw.max_ttl,
+                    now=self.mw.cache._clock(),
+                )
+                self.freshness = None if policy is None else (policy.ttl, policy.stale)
+            if self.freshness is None:
+                await self._start_passing()
+            return
+        if kind != "http.response.body":
+            if self.passing and self.client is not None:  # trailers and other extensions
+                await self.client(message)
+            return
+        body = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if self.passing:
+            await self._forward(body, more)
+        else:
+            self.chunks.append(body)
+            self.size += len(body)
+            if self.size > self.mw.max_body_size:
+                buffered = b"".join(self.chunks)
+                self.chunks = []
+                await self._start_passing()
+                await self._forward(buffered, more)
+            elif not more:
+                self._store()
+                if self.client is not None:
+                    await self.answer()
+        if not more:
+            self.complete.set()
+
+    async def _start_passing(self) -> None:
+        self.passing = True
+        if self.client is not None:
+            assert self.request is not None
+            self.request.sent = True
+            headers = [*self.headers, (b"x-cache", self.label)]
+            await self.client(
+                {"type": "http.response.start", "status": self.status, "headers": headers}
+            )
+
+    async def _forward(self, body: bytes, more: bool) -> None:
+        if self.client is None:
+            return
+        if self.head:
+            if not more:
+                await self.client({"type": "http.response.body", "body": b""})
+            return
+        await self.client({"type": "http.response.body", "body": body, "more_body": more})
+
+    def _store(self) -> None:
+        """The response is complete and storable: build the stored value and, in the
+        request's own task, answer the client from it."""
+        body = b"".join(self.chunks)
+        self.chunks = []
+        headers = [(k, v) for k, v in self.headers if k not in _UNSTORED]
+        etag = header(headers, b"etag") or ""
+        if not etag and self.status == 200:
+            etag = strong_etag(body)
+            headers.append((b"etag", etag.encode("latin-1")))
+        assert self.freshness is not None
+        self.value = {
+            "status": self.status,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
+            "body": body,
+            "etag": etag if self.status == 200 else "",
+            "stored": float(self.mw.cache._clock()),
+            "ttl": self.freshness[0],
+            "stale": self.freshness[1],
+        }
+
+    async def answer(self) -> None:
+        """Send the stored value to the client (MISS)."""
+        assert self.request is not None
+        assert self.value is not None
+        self.request.sent = True
+        await self.mw.send_stored(self.request, self.value, MISS, None)
