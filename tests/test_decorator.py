@@ -178,6 +178,26 @@ def test_negative_entry_expires(cache_factory: Any, clock: Any) -> None:
     assert calls == [1, 1]
 
 
+def test_negative_entry_carries_the_tags(cache: Cache) -> None:
+    """Invalidating a tag drops a cached error too: "not found" does not outlive the create."""
+    rows: dict[int, str] = {}
+
+    @cache.cached(ttl=300, key="user:{user_id}", tags=["user:{user_id}"],
+                  cache_errors={NotFound: 30})  # fmt: skip
+    def find(user_id: int) -> str:
+        if user_id not in rows:
+            raise NotFound(user_id)
+        return rows[user_id]
+
+    with pytest.raises(NotFound):
+        find(42)
+    with pytest.raises(NotFound):
+        find(42)  # served from the negative entry
+    rows[42] = "Ada"
+    assert cache.invalidate_tags("user:42")
+    assert find(42) == "Ada"
+
+
 def test_unlisted_exception_is_not_cached(cache: Cache) -> None:
     """An exception not in cache_errors propagates and is not cached."""
     calls: list[int] = []

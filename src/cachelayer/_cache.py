@@ -201,14 +201,18 @@ class Cache:
         )
 
     def _encode_negative(
-        self, exc_type: type[BaseException], exc: BaseException, seconds: float | None
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException,
+        seconds: float | None,
+        tags: Sequence[tuple[str, bytes]] = (),
     ) -> bytes:
         stored = {"error": ErrorPolicy.name(exc_type), "args": list(exc.args)}
         try:
-            return self._encode(stored, seconds, negative=True)
+            return self._encode(stored, seconds, negative=True, tags=tags)
         except TypeError:  # args the codec cannot store: keep the type, drop the args
             stored["args"] = []
-            return self._encode(stored, seconds, negative=True)
+            return self._encode(stored, seconds, negative=True, tags=tags)
 
     def _decode(self, raw: bytes) -> Entry | None:
         try:

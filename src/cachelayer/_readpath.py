@@ -400,7 +400,8 @@ def read_through(
             else:
                 assert errors is not None
                 seconds = cache._ttl.resolve(errors.ttls[exc_type])
-                payload = cache._encode_negative(exc_type, exc, seconds)
+                # A cached error carries the tags too: invalidating them drops it.
+                payload = cache._encode_negative(exc_type, exc, seconds, _tag_tokens(tokens))
                 yield ("fill", key, payload, seconds, lease, token)
         raise
     duration_ms = int((time.perf_counter() - started) * 1000)

@@ -197,7 +197,7 @@ def _chart(
     for t in ticks:
         if fx(t) < x0 - 1e-9 or fx(t) > x1 + 1e-9:
             continue
-        label = f"{t:g}"
+        label = f"{t:.3g}"
         parts.append(
             f'<text x="{px(t):.1f}" y="{h - bottom + 15}" text-anchor="middle" '
             f'font-size="11">{label}</text>'
@@ -237,6 +237,7 @@ def _table_html(results: dict[str, Any]) -> str:
             for n in names
         )
         rows.append(f"<tr><th>{_html.escape(label)}</th>{cells}</tr>")
+    targets_met = targets(results)
     ratio_rows = "".join(
         f"<tr><td>{_html.escape(TITLES[n])}</td><td>{_html.escape(m)}</td><td>{v:.2f}x</td></tr>"
         for n, m, v in ratios(results)
@@ -244,12 +245,12 @@ def _table_html(results: dict[str, Any]) -> str:
     target_rows = "".join(
         f"<tr><td>{_html.escape(label)}</td><td class={'ok' if ok else 'bad'}>"
         f"{'met' if ok else 'not met'}</td><td>{_html.escape(value)}</td></tr>"
-        for label, ok, value in targets(results)
+        for label, ok, value in targets_met
     )
     return (
         f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
         f"<h2>Ratios</h2><table>{ratio_rows}</table>"
-        f"<h2>Targets</h2><table>{target_rows}</table>"
+        + (f"<h2>Targets</h2><table>{target_rows}</table>" if targets_met else "")
     )
 
 
