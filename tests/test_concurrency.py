@@ -337,6 +337,24 @@ def test_late_follower_does_not_share_a_value_invalidated_before_it_started(pool
     cache.close()
 
 
+def test_follower_does_not_share_a_load_whose_tag_was_invalidated_before_it_started(
+    cache: Cache, pool: Any
+) -> None:
+    """A caller that starts after a tag invalidation returned, and joins a load begun
+    before it, reads for itself: the leader's value predates the invalidation."""
+    db = {"user:1": "v1"}
+    loader = BlockingLoader(db, "user:1")
+    leader = pool.submit(cache.get_or_load, "profile:1", loader, tags=["user:1"])
+    assert loader.entered.wait(WAIT)  # the leader has read v1
+    db["user:1"] = "v2"
+    assert cache.invalidate_tags("user:1") is True  # the write is done and invalidated
+    follower = pool.submit(cache.get_or_load, "profile:1", lambda: db["user:1"], tags=["user:1"])
+    until(lambda: cache.stats.misses == 2, "the follower to miss and join")
+    loader.release.set()
+    assert leader.result(WAIT) == "v1"
+    assert follower.result(WAIT) == "v2"
+
+
 def test_waiter_takes_over_when_the_holders_lease_is_voided(cache_factory: Any, pool: Any) -> None:
     """An invalidation voids the holder's lease: the waiter loads and fills at once
     instead of polling out its whole lease_wait."""

@@ -313,12 +313,15 @@ def read_through(
     flight = yield ("flight", key)
     if flight is not LEAD and flight.trusted:
         # Another caller in this process was loading this key; it finished: share its
-        # outcome (a fresh copy of the value, or the same exception).
-        stats.flight_joins += 1
+        # outcome (a fresh copy of the value, or the same exception) -- unless one of the
+        # value's tags was invalidated after the leader read the tokens and before this
+        # caller did: then the value predates a write this caller must see.
         if flight.error is not None:
+            stats.flight_joins += 1
             raise flight.error
         entry = cache._decode(flight.raw)
-        if entry is not None:
+        if entry is not None and _tags_hold(entry, tokens):
+            stats.flight_joins += 1
             return entry.value
     # (an untrusted outcome -- the leader's fill was refused, so its value may predate an
     # invalidation -- is not shared: this caller reads for itself.)
