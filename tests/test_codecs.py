@@ -672,6 +672,118 @@ def test_registration_does_not_cover_subclasses() -> None:
         dumps(_registered_serializer("json"), Point3(1, 2.0))
 
 
+class Shape:
+    """A family base: the registered dump records the concrete kind, load allows a few."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.size == self.size  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Square(Shape):
+    pass
+
+
+class BigSquare(Square):
+    pass
+
+
+class Circle(Shape):
+    pass
+
+
+_SHAPES: dict[str, type[Shape]] = {"Shape": Shape, "Square": Square, "BigSquare": BigSquare}
+
+
+def _load_shape(data: list[Any]) -> Shape:
+    return _SHAPES[data[0]](data[1])  # Circle is not allowed: a KeyError, so a decode error
+
+
+def _family_registry() -> TypeRegistry:
+    registry = TypeRegistry()
+    registry.register(
+        Shape,
+        name="geo.Shape",
+        dump=lambda s: [type(s).__name__, s.size],
+        load=_load_shape,
+        subclasses=True,
+    )
+    return registry
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_family_registration_covers_subclasses(codec: str) -> None:
+    """register(..., subclasses=True) stores the base and every subclass under one name;
+    load rebuilds each one as its own class."""
+    ser = Serializer(codec, registry=_family_registry())
+    value = [Shape(1), Square(2), (BigSquare(3),)]
+    back = round_trip(ser, value)
+    assert back == value
+    assert [type(s) for s in back[:2]] == [Shape, Square]
+    assert type(back[2][0]) is BigSquare
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_family_load_decides_what_it_rebuilds(codec: str) -> None:
+    """A subclass the family's load refuses is stored, but reading it is a decode error,
+    never an object of some other class."""
+    ser = Serializer(codec, registry=_family_registry())
+    raw = dumps(ser, Circle(4))
+    with pytest.raises(DecodeError):
+        ser.loads(raw)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_exact_registration_takes_precedence_over_a_family(codec: str) -> None:
+    """A class registered on its own uses its own dump/load, even inside a family; a
+    subclass of it that is not registered falls back to the family."""
+    registry = _family_registry()
+    registry.register(Square, name="geo.Square", dump=lambda s: s.size, load=lambda n: Square(-n))
+    ser = Serializer(codec, registry=registry)
+    back = round_trip(ser, [Square(2), BigSquare(3)])
+    assert back == [Square(-2), BigSquare(3)]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_nearest_family_in_the_mro_wins(codec: str) -> None:
+    """With families at two levels, an instance uses the one nearest its class."""
+    registry = _family_registry()
+    registry.register(
+        Square,
+        name="geo.Square",
+        dump=lambda s: [type(s).__name__, s.size * 10],
+        load=lambda d: _SHAPES[d[0]](d[1]),
+        subclasses=True,
+    )
+    ser = Serializer(codec, registry=registry)
+    assert round_trip(ser, [Shape(1), BigSquare(3)]) == [Shape(1), BigSquare(30)]
+
+
+def test_family_registration_needs_dump_and_load() -> None:
+    """subclasses=True without dump/load raises TypeError (the dataclass defaults would
+    rebuild the base class), and unrelated classes stay refused."""
+    with pytest.raises(TypeError, match="subclasses=True"):
+        TypeRegistry().register(Point, subclasses=True)
+    with pytest.raises(TypeError, match="Money"):
+        dumps(Serializer("json", registry=_family_registry()), Money(Decimal(1), "EUR"))
+
+
+def test_reregistering_without_subclasses_ends_the_family() -> None:
+    """Registering the family's class again without subclasses=True narrows it to the
+    class itself: subclasses are refused again."""
+    registry = _family_registry()
+    ser = Serializer("json", registry=registry)
+    assert round_trip(ser, Square(1)) == Square(1)
+    registry.register(Shape, name="geo.Shape", dump=lambda s: ["Shape", s.size], load=_load_shape)
+    with pytest.raises(TypeError, match="Square"):
+        dumps(ser, Square(1))
+    assert round_trip(ser, Shape(5)) == Shape(5)
+
+
 # -- compression ------------------------------------------------------------------------
 
 BIG = {"rows": [{"id": i, "name": f"user number {i}", "tags": ["a", "b"]} for i in range(200)]}

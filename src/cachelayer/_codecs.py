@@ -73,11 +73,19 @@ class TypeRegistry:
     value the codec supports) and rebuilt with ``load(data)``. Dataclasses need no
     functions: their fields are dumped to a dict and passed back as keyword arguments.
     Only registered names are ever rebuilt: a stored name decides nothing else.
+
+    A registration with ``subclasses=True`` covers a family: the class and every subclass
+    of it, under one name. Its ``dump`` gets the instance of the subclass and must record
+    what ``load`` needs to rebuild that subclass, and ``load`` decides what it is willing
+    to rebuild (the Django integration stores a model's label and rebuilds only models
+    of Django's app registry).
     """
 
     def __init__(self) -> None:
         self._by_cls: dict[type, _Registered] = {}
         self._by_name: dict[str, _Registered] = {}
+        self._families: dict[type, _Registered] = {}
+        self._derived: dict[type, _Registered] = {}  # subclass -> its family, memoized
 
     def register(
         self,
@@ -86,20 +94,33 @@ class TypeRegistry:
         name: str | None = None,
         dump: Callable[[Any], Any] | None = None,
         load: Callable[[Any], Any] | None = None,
+        subclasses: bool = False,
     ) -> None:
-        """Allow instances of exactly ``cls`` to be cached.
+        """Allow instances of exactly ``cls`` (or, with ``subclasses``, of its family) to
+        be cached.
 
         Args:
-            cls: the class; subclasses are not covered (register them too).
+            cls: the class; subclasses are not covered unless ``subclasses`` is true.
             name: the stable name stored with the value; defaults to
                 ``module.QualName``. Keep it when you move the class.
             dump: object -> supported value; defaults to the fields of a dataclass.
             load: supported value -> object; defaults to ``cls(**fields)``.
+            subclasses: also cover every subclass of ``cls``, present and future, under
+                this one name. ``dump`` and ``load`` are then required, and they must
+                carry the concrete class themselves (``load`` must refuse what it should
+                not build). A class registered on its own, and the nearest family in its
+                MRO, take precedence over a family further up.
 
         Raises:
-            TypeError: ``cls`` is not a dataclass and ``dump``/``load`` are missing.
+            TypeError: ``cls`` is not a dataclass and ``dump``/``load`` are missing, or
+                ``subclasses`` is true and either is missing.
             ValueError: the name is taken by another class.
         """
+        if subclasses and (dump is None or load is None):
+            raise TypeError(
+                f"register_type({cls!r}, subclasses=True): pass dump= and load= that keep "
+                "the concrete class (the defaults would rebuild the base class)"
+            )
         if dump is None or load is None:
             if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
                 raise TypeError(
@@ -116,9 +137,24 @@ class TypeRegistry:
         entry = _Registered(cls, name, dump, load)
         self._by_cls[cls] = entry
         self._by_name[name] = entry
+        if subclasses:
+            self._families[cls] = entry
+        else:
+            self._families.pop(cls, None)
+        self._derived.clear()
 
     def lookup_type(self, cls: type) -> _Registered | None:
-        return self._by_cls.get(cls)
+        entry = self._by_cls.get(cls)
+        if entry is not None or not self._families:
+            return entry
+        entry = self._derived.get(cls)
+        if entry is None:
+            for base in cls.__mro__[1:]:
+                entry = self._families.get(base)
+                if entry is not None:
+                    self._derived[cls] = entry
+                    break
+        return entry
 
     def lookup_name(self, name: str) -> _Registered:
         try:
