@@ -8,13 +8,19 @@ conditional write is ``swap``; the backend retries when it loses a race.
 
 The :class:`~cachelayer.backends.base.Store` protocol has no such step yet, so this module
 adds it to the memory and Redis stores in subclasses, which the Django backend builds
-from ``LOCATION``. Everything else about the stores is unchanged.
+from ``LOCATION``. Everything else about the stores is unchanged, but for one thing:
+the backend's Cache is shared by all threads of the process, so the asyncio face of the
+Redis store is kept per thread (:class:`_PerThreadAsync`). An asyncio Redis client
+belongs to the event loop that opened it, and threads that run event loops of their own
+(``async_to_sync``, a second server loop) must not swap the client under each other.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, cast
 
 from ..backends.base import AsyncStore, SyncAsAsync
 from ..backends.memory import MemoryStore
@@ -116,6 +122,7 @@ class SwapRedisStore(RedisStore):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         self._swap = self.client.register_script(_SWAP)
+        self._per_thread_lock = threading.Lock()
 
     def swap(
         self,
@@ -129,10 +136,35 @@ class SwapRedisStore(RedisStore):
         """See :meth:`SwapMemoryStore.swap`."""
         return bool(self._swap(**_swap_args(key, expected, value, ttl, void, keep_ttl)))
 
+    _per_thread: AsyncStore | None = None
+
     def asynchronous(self) -> AsyncStore:
-        if self._async is None:
-            self._async = _AsyncSwapRedisStore(self.url, self._options)
-        return self._async
+        with self._per_thread_lock:
+            if self._per_thread is None:
+                url, options = self.url, self._options
+                self._per_thread = cast(
+                    AsyncStore, _PerThreadAsync(lambda: _AsyncSwapRedisStore(url, options))
+                )
+            return self._per_thread
+
+
+class _PerThreadAsync:
+    """An async store that is one ``make()`` per thread: each thread runs at most one
+    event loop at a time, and its store follows that loop (``AsyncRedisStore``)."""
+
+    def __init__(self, make: Callable[[], AsyncStore]) -> None:
+        self._make = make
+        self._local = threading.local()
+
+    def _store(self) -> AsyncStore:
+        store: AsyncStore | None = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = self._make()
+        return store
+
+    def __getattr__(self, name: str) -> Any:
+        # get, set, swap, close, ...: the calling thread's own store's method
+        return getattr(self._store(), name)
 
 
 class _AsyncSwapRedisStore(AsyncRedisStore):

@@ -1,10 +1,13 @@
 """Django's cache API on a cachelayer :class:`~cachelayer.Cache` (docs/django.md).
 
 Django builds one backend object per thread (and per async context) from ``CACHES``;
-each holds its own :class:`~cachelayer.Cache`. Redis connections are pooled per backend
-object and kept between requests, as Django's own Redis backend does. ``memory://``
+all the objects of one alias share one :class:`~cachelayer.Cache` per process
+(``_shared.py``), so single-flight, the circuit breaker, the counters and the Redis
+connection pool span threads; :func:`~cachelayer.django.get_cache` returns it. The
+connections are kept between requests, as Django's own Redis backend does. ``memory://``
 stores are shared by every backend object of the process with the same ``LOCATION``
-(as ``LocMemCache`` shares by ``LOCATION``), so all threads see one cache.
+(as ``LocMemCache`` shares by ``LOCATION``), so all threads see one cache. The Cache
+stores model instances and ``HttpResponse`` objects with the safe codecs (``_types.py``).
 
 Every method has a native async twin (``aget`` awaits the Cache's ``aget``: no thread).
 Read-modify-writes (``add``, ``incr``/``decr``, ``touch``) are written once as
@@ -29,7 +32,9 @@ from .._envelope import Entry
 from .._readpath import FAILED, Flow, lease_key
 from ..backends import MemoryStore, Store, store_from_url
 from ..errors import CacheError, ConfigurationError
+from ._shared import SharedCache, shared_cache
 from ._swap import SwapMemoryStore, SwapRedisStore
+from ._types import register_django_types
 
 __all__ = ["CacheBackend"]
 
@@ -94,6 +99,10 @@ class CacheBackend(BaseCache):
             ``on_error``, ``jitter``, ...) except ``ttl``, which is ``TIMEOUT``.
             ``jitter`` defaults to 0 here, so timeouts are exact as Django documents.
 
+    Every backend object built from the same settings in one process wraps the same
+    Cache (``self.cache``, also :func:`~cachelayer.django.get_cache`). Its default TTL
+    is ``TIMEOUT`` when that is a number > 0 or ``None``.
+
     Raises:
         ImproperlyConfigured: an unknown option, a bad URL or a bad Cache option.
     """
@@ -118,13 +127,25 @@ class CacheBackend(BaseCache):
                 f"not {location!r}"
             )
         options.setdefault("jitter", 0.0)
+        timeout = self.default_timeout
+        if timeout is None or timeout > 0:
+            options["ttl"] = timeout
         self._raise = options.get("on_error", "ignore") == "raise"
-        try:
-            #: The cachelayer Cache behind this backend: its ``stats``, ``cached``
-            #: decorator and ``register_type`` work on the same entries.
-            self.cache = Cache(_store_for(location or "memory://"), **options)
-        except ConfigurationError as exc:
-            raise ImproperlyConfigured(f"cachelayer.django.CacheBackend: {exc}") from exc
+
+        def build() -> SharedCache:
+            try:
+                cache = SharedCache(_store_for(location or "memory://"), **options)
+            except (ConfigurationError, ValueError, TypeError) as exc:
+                # ValueError: redis-py refused a LOCATION option's value; TypeError: an
+                # OPTIONS value of the wrong type.
+                raise ImproperlyConfigured(f"cachelayer.django.CacheBackend: {exc}") from exc
+            register_django_types(cache)
+            return cache
+
+        #: The cachelayer Cache behind this backend, shared by every backend object of
+        #: these settings in the process: its ``stats``, ``cached`` decorator and
+        #: ``register_type`` work on the same entries.
+        self.cache: Cache = shared_cache(location, params, build)
 
     def __repr__(self) -> str:
         return f"<cachelayer.django.CacheBackend over {self.cache!r}>"

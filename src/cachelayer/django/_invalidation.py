@@ -1,0 +1,387 @@
+"""``invalidate_on``: writes to a model invalidate tags and keys after they commit.
+
+A rule connects ``post_save``, ``post_delete`` and ``m2m_changed`` for one model (and its
+subclasses and proxies). At signal time it formats its templates with the instance, and
+hands the tags and keys to ``transaction.on_commit`` of the database the signal names: the
+invalidation runs after the commit, never before it, and a rolled back transaction
+invalidates nothing. Invalidating before the commit would let a reader load and cache
+the old row again (docs/consistency.md).
+
+Old values: a rule also remembers, in ``post_init``, the fields its templates name as
+the instance was loaded (or last saved by this rule). A save that moves an order from
+user 1 to user 2 invalidates ``user:1`` as well as ``user:2``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from django.apps import apps
+from django.db import transaction
+from django.db.models import ManyToManyField, Model
+from django.db.models.signals import (
+    class_prepared,
+    m2m_changed,
+    post_delete,
+    post_init,
+    post_save,
+)
+
+from .._cache import Cache
+from ._templates import Target, check_targets, render, render_old, template_roots
+
+__all__ = ["ModelInvalidation", "connect_pending", "invalidate_on", "registered_rules"]
+
+M = TypeVar("M", bound=type[Model])
+
+_SNAPSHOTS = "_cachelayer_loaded"  # instance.__dict__ key: {rule id: {root: value}}
+
+_rules_lock = threading.Lock()
+_rules: list[ModelInvalidation] = []
+_numbers = itertools.count(1)
+
+
+def registered_rules() -> list[ModelInvalidation]:
+    """The rules connected now (the system checks read them)."""
+    with _rules_lock:
+        return list(_rules)
+
+
+class ModelInvalidation:
+    """One ``invalidate_on`` rule, connected to Django's signals until :meth:`disconnect`.
+
+    Attributes:
+        model: the model (its subclasses and proxies are covered too).
+        tags: the tag templates and callables.
+        keys: the key templates and callables.
+        cache: the Cache, or the alias whose Cache is looked up at each write.
+    """
+
+    def __init__(
+        self,
+        model: type[Model],
+        tags: Iterable[Target],
+        keys: Iterable[Target],
+        cache: Cache | str,
+    ) -> None:
+        self.model = model
+        self.tags = check_targets(tags, "tags")
+        self.keys = check_targets(keys, "keys")
+        self.cache = cache
+        templates = [t for t in (*self.tags, *self.keys) if isinstance(t, str)]
+        #: the attribute names the templates start with (checked by cachelayer.E002)
+        self.roots = sorted({root for t in templates for root in template_roots(t)})
+        self._uid = f"cachelayer.invalidate_on.{next(_numbers)}"
+        self._tracked: dict[str, str] | None = None  # root -> attname, built on first use
+        self._throughs: dict[type[Model], ManyToManyField[Any, Any]] | None = None
+        self._clearing: dict[tuple[int, type[Model]], list[Any]] = {}
+        self._clearing_lock = threading.Lock()
+        # post_save and post_init: any sender, filtered here (proxies and subclasses send
+        # their own class). post_delete and m2m_changed: only the senders concerned, since
+        # a listener of any sender turns off Django's fast deletes and fast m2m adds for
+        # every model.
+        self._delete_senders: list[type[Model]] = []
+        self._m2m_senders: list[type[Model]] = []
+        post_save.connect(self._saved, weak=False, dispatch_uid=self._uid)
+        if self.roots:
+            post_init.connect(self._initialised, weak=False, dispatch_uid=self._uid)
+        class_prepared.connect(self._class_prepared, weak=False, dispatch_uid=self._uid)
+        for cls in _with_subclasses(model):
+            self._listen_for_deletes(cls)
+        with _rules_lock:
+            _rules.append(self)
+            if not apps.models_ready:  # through models are known once every model is
+                _pending.append(self)
+                m2m_changed.connect(_connect_pending_then_send, dispatch_uid=_PENDING_UID)
+        if apps.models_ready:
+            self._listen_for_m2m()
+
+    def __repr__(self) -> str:
+        return f"<invalidate_on {self.model._meta.label} tags={self.tags!r} keys={self.keys!r}>"
+
+    def disconnect(self) -> None:
+        """Stop invalidating: disconnect every signal of this rule."""
+        for signal in (post_save, post_init, class_prepared):
+            signal.disconnect(dispatch_uid=self._uid)
+        for cls in self._delete_senders:
+            post_delete.disconnect(sender=cls, dispatch_uid=self._uid)
+        for through in self._m2m_senders:
+            m2m_changed.disconnect(sender=through, dispatch_uid=self._uid)
+        self._delete_senders, self._m2m_senders = [], []
+        with _rules_lock:
+            if self in _rules:
+                _rules.remove(self)
+            if self in _pending:
+                _pending.remove(self)
+
+    def _listen_for_deletes(self, cls: type[Model]) -> None:
+        if cls not in self._delete_senders:
+            post_delete.connect(self._deleted, sender=cls, weak=False, dispatch_uid=self._uid)
+            self._delete_senders.append(cls)
+
+    def _class_prepared(self, sender: type[Model], **kwargs: Any) -> None:
+        """A subclass or proxy of the model defined after the rule: listen to it too."""
+        if issubclass(sender, self.model):
+            self._listen_for_deletes(sender)
+
+    def _listen_for_m2m(self) -> None:
+        for through in self._m2m_fields():
+            if through not in self._m2m_senders:
+                m2m_changed.connect(
+                    self._m2m_changed, sender=through, weak=False, dispatch_uid=self._uid
+                )
+                self._m2m_senders.append(through)
+
+    # -- what a write invalidates ------------------------------------------------------------
+
+    def targets(self, instance: Model) -> tuple[list[str], list[str]]:
+        """The tags and keys of ``instance`` as it is now."""
+        return render(self.tags, instance), render(self.keys, instance)
+
+    def _old_targets(self, instance: Model) -> tuple[list[str], list[str]]:
+        """The template tags and keys of the values the instance was loaded with."""
+        old = instance.__dict__.get(_SNAPSHOTS, {}).get(self._uid)
+        if not old:
+            return [], []
+        return render_old(self.tags, old), render_old(self.keys, old)
+
+    def _cache(self) -> Cache:
+        if isinstance(self.cache, str):
+            from ._shared import get_cache
+
+            return get_cache(self.cache)
+        return self.cache
+
+    def _schedule(self, using: str, tags: list[str], keys: list[str]) -> None:
+        """Invalidate after the transaction on ``using`` commits (at once outside one)."""
+        tags, keys = list(dict.fromkeys(tags)), list(dict.fromkeys(keys))
+        if not tags and not keys:
+            return
+        on_commit = functools.partial(transaction.on_commit, using=using, robust=True)
+        self._cache().invalidate_after_commit(on_commit, tags=tags, keys=keys)
+
+    # -- old values: what the instance held when it was loaded -------------------------------
+
+    def _tracked_fields(self) -> dict[str, str]:
+        """Template roots that name a concrete field (or ``pk``), with their attname: the
+        values that can be remembered without a query."""
+        if self._tracked is None:
+            meta = self.model._meta
+            by_name = {}
+            for field in meta.concrete_fields:
+                by_name[field.attname] = field.attname
+                if not field.is_relation:
+                    by_name[field.name] = field.attname
+            if meta.pk is not None:
+                by_name["pk"] = meta.pk.attname
+            self._tracked = {root: by_name[root] for root in self.roots if root in by_name}
+        return self._tracked
+
+    def _remember(self, instance: Model) -> None:
+        loaded = instance.__dict__
+        values = {
+            root: loaded[attname]
+            for root, attname in self._tracked_fields().items()
+            if attname in loaded  # a deferred field is not read: that would be a query
+        }
+        loaded.setdefault(_SNAPSHOTS, {})[self._uid] = values
+
+    def _initialised(self, sender: type[Model], instance: Model, **kwargs: Any) -> None:
+        if issubclass(sender, self.model):
+            self._remember(instance)
+
+    # -- signal receivers ----------------------------------------------------------------------
+
+    def _saved(
+        self, sender: type[Model], instance: Model, created: bool, using: str, **kwargs: Any
+    ) -> None:
+        if not issubclass(sender, self.model):
+            return
+        tags, keys = self.targets(instance)
+        if not created:
+            old_tags, old_keys = self._old_targets(instance)
+            tags += old_tags
+            keys += old_keys
+        self._schedule(using, tags, keys)
+        if self.roots:
+            self._remember(instance)
+
+    def _deleted(self, sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+        if not issubclass(sender, self.model):
+            return
+        tags, keys = self.targets(instance)
+        old_tags, old_keys = self._old_targets(instance)
+        self._schedule(using, tags + old_tags, keys + old_keys)
+
+    def _m2m_fields(self) -> dict[type[Model], ManyToManyField[Any, Any]]:
+        """through model -> its ManyToManyField, for the model's m2m relations, declared
+        on it or pointing at it (built on the first m2m signal: the app registry is ready
+        by then)."""
+        if self._throughs is None:
+            meta = self.model._meta
+            fields: list[Any] = list(meta.many_to_many)
+            fields += [rel.field for rel in meta.related_objects if rel.many_to_many]
+            self._throughs = {f.remote_field.through: f for f in fields}
+        return self._throughs
+
+    def _m2m_changed(
+        self,
+        sender: type[Model],
+        instance: Model,
+        action: str,
+        reverse: bool,
+        model: type[Model],
+        pk_set: set[Any] | None,
+        using: str,
+        **kwargs: Any,
+    ) -> None:
+        if action not in ("pre_clear", "post_clear", "post_add", "post_remove"):
+            return
+        field = self._m2m_fields().get(sender)
+        if field is None:  # the rule was disconnected while the signal was being sent
+            return
+        other_side_is_ours = issubclass(model, self.model)
+        if action == "pre_clear":
+            if other_side_is_ours:  # post_clear has no pk_set: note who is linked now
+                linked = _linked_pks(field, instance, reverse, using)
+                with self._clearing_lock:
+                    self._clearing[(id(instance), sender)] = linked
+            return
+        if action == "post_clear":
+            with self._clearing_lock:
+                pk_set = set(self._clearing.pop((id(instance), sender), ()))
+        affected: list[Model] = []
+        if isinstance(instance, self.model):
+            affected.append(instance)
+        if other_side_is_ours and pk_set:
+            affected += model._base_manager.using(using).filter(pk__in=pk_set)
+        tags: list[str] = []
+        keys: list[str] = []
+        for obj in affected:
+            obj_tags, obj_keys = self.targets(obj)
+            tags += obj_tags
+            keys += obj_keys
+        self._schedule(using, tags, keys)
+
+
+def _with_subclasses(model: type[Model]) -> list[type[Model]]:
+    found, todo = [], [model]
+    while todo:
+        cls = todo.pop()
+        if cls not in found:
+            found.append(cls)
+            todo += cls.__subclasses__()
+    return found
+
+
+_PENDING_UID = "cachelayer.invalidate_on.pending"
+_pending: list[ModelInvalidation] = []
+
+
+def connect_pending() -> None:
+    """Connect the m2m receivers of rules registered before every model was loaded (in a
+    models module, or with the class decorator). The app's ``ready()`` calls this; without
+    the app, the first m2m change of the process does."""
+    with _rules_lock:
+        pending = list(_pending)
+        _pending.clear()
+        m2m_changed.disconnect(dispatch_uid=_PENDING_UID)
+    for rule in pending:
+        rule._listen_for_m2m()
+
+
+def _connect_pending_then_send(sender: type[Model], **kwargs: Any) -> None:
+    """The stand-in receiver while rules wait for their through models: it connects them,
+    and hands them this change (a signal being sent does not see receivers connected
+    during the send)."""
+    with _rules_lock:
+        pending = list(_pending)
+    connect_pending()
+    for rule in pending:
+        if sender in rule._m2m_senders:
+            rule._m2m_changed(sender=sender, **kwargs)
+
+
+def _linked_pks(
+    field: ManyToManyField[Any, Any], instance: Model, reverse: bool, using: str
+) -> list[Any]:
+    """The pks on the other side of ``instance`` through ``field``'s table."""
+    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
+    if reverse:
+        source, target = target, source
+    through: Any = field.remote_field.through
+    rows = through._base_manager.using(using).filter(**{source: instance.pk})
+    return list(rows.values_list(target, flat=True))
+
+
+@overload
+def invalidate_on(
+    model: type[Model],
+    *,
+    tags: Iterable[Target] = (),
+    keys: Iterable[Target] = (),
+    cache: Cache | str | None = None,
+) -> ModelInvalidation: ...
+
+
+@overload
+def invalidate_on(
+    model: None = None,
+    *,
+    tags: Iterable[Target] = (),
+    keys: Iterable[Target] = (),
+    cache: Cache | str | None = None,
+) -> Callable[[M], M]: ...
+
+
+def invalidate_on(
+    model: type[Model] | None = None,
+    *,
+    tags: Iterable[Target] = (),
+    keys: Iterable[Target] = (),
+    cache: Cache | str | None = None,
+) -> ModelInvalidation | Callable[[M], M]:
+    """Invalidate ``tags`` and ``keys`` after every committed write to ``model``.
+
+    A save, a delete, or a change to one of the model's many-to-many relations (from
+    either side) formats the templates with the instance (``"user:{user_id}"``,
+    ``"user:{pk}"``) or calls the callables (``instance -> iterable of str``), and
+    invalidates the tags (``cache.invalidate_tags``) and deletes the keys
+    (``cache.delete_many``; cachelayer keys, as the ``cached`` decorator's) once the
+    transaction commits (``transaction.on_commit`` on the signal's database). A rolled
+    back transaction invalidates nothing. A save that changed a field a template names
+    also invalidates the value the instance was loaded with.
+
+    Queryset ``update()``, ``bulk_create``, ``bulk_update`` and raw SQL send no signals:
+    after those, call ``cache.invalidate_after_commit(transaction.on_commit, tags=[...])``.
+
+    Args:
+        model: the model; its subclasses and proxies are covered too. Leave it out to
+            use ``invalidate_on(tags=...)`` as a class decorator on the model.
+        tags: tag templates or callables.
+        keys: key templates or callables.
+        cache: a Cache, or a ``CACHES`` alias (default ``"default"``) whose Cache is
+            looked up at each write.
+
+    Returns:
+        The rule; ``disconnect()`` stops it. As a decorator: the class, unchanged.
+
+    Raises:
+        TypeError: ``tags`` or ``keys`` is one string, or holds something that is neither
+            a template nor a callable.
+        ValueError: a template does not parse.
+    """
+    target_cache: Cache | str = "default" if cache is None else cache
+    tag_targets, key_targets = check_targets(tags, "tags"), check_targets(keys, "keys")
+    if model is None:
+
+        def decorate(cls: M) -> M:
+            ModelInvalidation(cls, tag_targets, key_targets, target_cache)
+            return cls
+
+        return decorate
+    return ModelInvalidation(model, tag_targets, key_targets, target_cache)

@@ -1,0 +1,1 @@
+"""Models for the Django integration tests (app label ``djapp``)."""

@@ -1,0 +1,151 @@
+"""System checks of the cachelayer.django app: misconfiguration is reported, not a crash.
+
+They run through Django's check framework (``run_checks``), as ``manage.py check`` and
+``runserver`` do, with the app in INSTALLED_APPS (tests/integrations/conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from cachelayer.django import ModelInvalidation, invalidate_on
+from cachelayer.django.checks import check_caches
+from tests.integrations.djapp.models import Customer, Order
+
+BACKEND = "cachelayer.django.CacheBackend"
+
+
+def ours(tag: str) -> list[tuple[str, str]]:
+    """(id, message) of the cachelayer messages the checks with ``tag`` report."""
+    return [
+        (m.id, m.msg)
+        for m in checks.run_checks(tags=[tag])
+        if m.id is not None and m.id.startswith("cachelayer.")
+    ]
+
+
+def caches_with(**entry: Any) -> dict[str, Any]:
+    return {
+        "default": {"BACKEND": BACKEND, "LOCATION": "memory://"},
+        "other": {"BACKEND": BACKEND, **entry},
+    }
+
+
+@pytest.fixture
+def rule_of() -> Iterator[Any]:
+    made: list[ModelInvalidation] = []
+
+    def connect(model: Any, **options: Any) -> ModelInvalidation:
+        rule = invalidate_on(model, **options)
+        made.append(rule)
+        return rule
+
+    yield connect
+    for rule in made:
+        rule.disconnect()
+
+
+def test_a_correct_configuration_reports_nothing() -> None:
+    """Valid cachelayer CACHES and no rules: no cachelayer message."""
+    location = "redis://127.0.0.1:1/0?socket_timeout=0.2&max_connections=5"
+    setting = caches_with(LOCATION=location, OPTIONS={"namespace": "ok"})
+    with override_settings(CACHES=setting):
+        assert ours("caches") == []
+        assert ours("models") == []
+
+
+def test_redis_options_redis_py_does_not_know_are_e001() -> None:
+    """A LOCATION option redis-py does not accept (a typo) builds a backend that would
+    fail every request, open: cachelayer.E001 names it, without connecting."""
+    typo = "redis://127.0.0.1:1/0?socket_timout=0.2"
+    with override_settings(CACHES=caches_with(LOCATION=typo)):
+        found = ours("caches")
+    assert [i for i, _ in found] == ["cachelayer.E001"]
+    assert "'other'" in found[0][1]
+    assert "socket_timout" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"LOCATION": "memcached://localhost"}, "not a Redis URL"),
+        ({"LOCATION": "redis://127.0.0.1:1/0?socket_timeout=abc"}, "socket_timeout"),
+        ({"LOCATION": "memory://?max_entries=0"}, "max_entries"),
+        ({"OPTIONS": {"namespace": "bad namespace"}}, "namespace"),
+        ({"OPTIONS": {"codec": "pickle"}}, "signing_key"),
+        ({"OPTIONS": {"lease_ttl": "10"}}, "lease_ttl|str|int"),
+        ({"OPTIONS": {"no_such": 1}}, "no_such"),
+    ],
+)
+def test_entries_that_cannot_be_built(entry: dict[str, Any], expected: str) -> None:
+    """A refused setting raises ImproperlyConfigured naming it as soon as anything builds
+    the backend, Django's own cache checks included (so manage.py check stops with it);
+    cachelayer's check, run alone, reports it as cachelayer.E001 instead of raising."""
+    with override_settings(CACHES=caches_with(**entry)):
+        with pytest.raises(ImproperlyConfigured, match=expected):
+            call_command("check")
+        found = check_caches(None)
+    assert [m.id for m in found] == ["cachelayer.E001"]
+    assert "'other'" in found[0].msg
+    assert re.search(expected, found[0].msg)
+
+
+@pytest.mark.parametrize("timeout", [0, -1])
+def test_timeout_zero_is_w001(timeout: int) -> None:
+    """TIMEOUT 0 (or less) stores nothing by default: cachelayer.W001."""
+    with override_settings(CACHES=caches_with(TIMEOUT=timeout)):
+        assert [i for i, _ in ours("caches")] == ["cachelayer.W001"]
+    with override_settings(CACHES=caches_with(TIMEOUT=None)):
+        assert ours("caches") == []
+
+
+def test_invalidate_on_template_naming_no_field_is_e002(rule_of: Any) -> None:
+    """A template naming something the model lacks is cachelayer.E002 on that model;
+    fields, attnames, pk and other attributes (properties, methods) are fine."""
+    rule_of(Order, tags=["customer:{customer_id}", "order:{pk}", "o:{id}:{total}"])
+    rule_of(Customer, keys=["c:{name}:{initials}", "x:{joined.year}"])
+    assert ours("models") == []
+    rule_of(Order, tags=["customer:{custmer_id}"])
+    found = ours("models")
+    assert [i for i, _ in found] == ["cachelayer.E002"]
+    assert "'custmer_id'" in found[0][1]
+    assert "djapp.Order" in found[0][1]
+
+
+def test_invalidate_on_template_naming_a_relation_is_w002(rule_of: Any) -> None:
+    """A template formatting a relation (a query per write, and str() of the object) is
+    cachelayer.W002, with the attname to use instead."""
+    rule_of(Order, tags=["customer:{customer}"])
+    found = checks.run_checks(tags=["models"])
+    warning = next(m for m in found if m.id == "cachelayer.W002")
+    assert "{customer_id}" in (warning.hint or "")
+
+
+def test_invalidate_on_unknown_alias_is_e003(rule_of: Any) -> None:
+    """A rule naming an alias that is missing or not cachelayer's is cachelayer.E003."""
+    locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    setting = {"default": {"BACKEND": BACKEND}, "locmem": locmem}
+    rule_of(Order, tags=["customer:{customer_id}"], cache="nope")
+    rule_of(Order, tags=["customer:{customer_id}"], cache="locmem")
+    rule_of(Order, tags=["customer:{customer_id}"], cache="default")
+    with override_settings(CACHES=setting):
+        found = ours("models")
+    assert [i for i, _ in found] == ["cachelayer.E003", "cachelayer.E003"]
+    assert "'nope'" in found[0][1]
+    assert "'locmem'" in found[1][1]
+
+
+def test_manage_py_check_fails_on_errors(rule_of: Any) -> None:
+    """``manage.py check`` stops on a cachelayer error, as on Django's own."""
+    rule_of(Order, tags=["customer:{nope}"])
+    with pytest.raises(SystemCheckError, match=r"cachelayer\.E002"):
+        call_command("check")
