@@ -35,12 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--users", type=int, default=100_000, help="users in the database (default 100000)")
     a("--duration", type=float, default=12.0, help="measured seconds per phase (default 12)")
-    a("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
+    a("--warmup", type=float, default=8.0, help="unmeasured seconds first (default 8)")
     a("--concurrency", type=int, default=16, help="concurrent HTTP clients (default 16)")
     a("--writes", type=float, default=0.05, help="fraction of PUTs (default 0.05)")
     a("--zipf", type=float, default=1.1, help="Zipf exponent of user ids (default 1.1)")
     a("--seed", type=int, default=1, help="workload random seed (default 1)")
-    a("--threads", type=int, default=32, help="server threads (default 32)")
+    a("--threads", type=int, default=8, help="server threads (default 8)")
     a("--redis", metavar="URL", help="use this Redis for both cached phases")
     a(
         "--database",
@@ -165,7 +165,8 @@ def _ramp(
     workload: Any,
     phases: list[str],
 ) -> dict[str, Any]:
-    """For each phase: concurrency 1, 2, 4, ... until p99 exceeds the bound twice."""
+    """For each phase: a warm-up, then 1, 2, 4, ... clients until p99 exceeds the bound
+    twice in a row; the capacity is the best throughput of a step within the bound."""
     from .load import drive
     from .server import Server
 
@@ -174,6 +175,13 @@ def _ramp(
         steps = []
         config = {"mode": mode, "database": database, "store": store, "namespace": run_id}
         with Server(config, args.threads) as server:
+            # One warm-up per phase at the run's concurrency, then short settles per step.
+            label = f"{TITLES[mode]}, warm-up"
+            with _progress(console, label, args.warmup) as tick:
+                asyncio.run(
+                    drive(server.host, server.port, workload, args.concurrency, args.warmup,
+                          0.0, tick)
+                )  # fmt: skip
             over = 0
             for level in RAMP_LEVELS:
                 label = f"{TITLES[mode]}, {level} clients"
@@ -185,7 +193,7 @@ def _ramp(
                             workload,
                             level,
                             args.ramp_step,
-                            args.warmup,
+                            0.5,
                             tick,
                         )
                     )
