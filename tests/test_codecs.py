@@ -1048,3 +1048,30 @@ def test_worked_examples_match_the_spec() -> None:
     entry = Serializer("json").loads(examples[3][0])
     assert entry.value == "hi"
     assert entry.tags == [("{shop:v1:tags}:user:42", bytes.fromhex("8f3a01c2d4e5f607"))]
+
+
+def test_cache_register_type_covers_subclasses() -> None:
+    """Cache.register_type(subclasses=True) passes through: a subclass round-trips."""
+    from cachelayer import Cache
+
+    class Shape:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+    class Square(Shape):
+        pass
+
+    kinds = {"Square": Square}
+    cache = Cache()
+    cache.register_type(
+        Shape,
+        name="tests.Shape",
+        dump=lambda s: {"kind": type(s).__name__, "size": s.size},
+        load=lambda d: kinds[d["kind"]](d["size"]),
+        subclasses=True,
+    )
+    cache.set("s", Square(3))
+    got = cache.get("s")
+    assert type(got) is Square
+    assert got.size == 3
+    cache.close()

@@ -158,12 +158,17 @@ class Cache:
         name: str | None = None,
         dump: Callable[[Any], Any] | None = None,
         load: Callable[[Any], Any] | None = None,
+        subclasses: bool = False,
     ) -> None:
         """Let instances of ``cls`` be cached (see :meth:`cachelayer.TypeRegistry.register`).
 
-        Every process that reads the entries must register the same name.
+        With ``subclasses=True`` one registration covers ``cls`` and every subclass;
+        ``dump`` must then record which class to rebuild, and ``load`` decide which it
+        accepts. Every process that reads the entries must register the same name.
         """
-        self._serializer.registry.register(cls, name=name, dump=dump, load=load)
+        self._serializer.registry.register(
+            cls, name=name, dump=dump, load=load, subclasses=subclasses
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
