@@ -123,9 +123,15 @@ def build(users: int, progress: Callable[[int], None]) -> None:
         for table, rows in pending.items():
             if rows:
                 name, columns = _INSERT[table]
-                marks = ", ".join(["%s"] * len(rows[0]))
-                sql = f"INSERT INTO {name} ({columns}) VALUES ({marks})"  # noqa: S608
-                cursor.executemany(sql, rows)
+                if connection.vendor == "postgresql":
+                    # COPY: several times faster than INSERTs for a million rows.
+                    with cursor.cursor.copy(f"COPY {name} ({columns}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                else:
+                    marks = ", ".join(["%s"] * len(rows[0]))
+                    sql = f"INSERT INTO {name} ({columns}) VALUES ({marks})"  # noqa: S608
+                    cursor.executemany(sql, rows)
                 rows.clear()
 
     with transaction.atomic(), connection.cursor() as cursor:
