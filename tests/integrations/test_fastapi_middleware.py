@@ -101,6 +101,11 @@ def build_app(cache: Cache, origin: Origin, **options: Any) -> FastAPI:
             response.set_cookie("session", str(n))
         return response
 
+    @app.get("/echo")
+    async def echo(request: Request) -> dict[str, Any]:
+        origin.calls["echo"] += 1
+        return {"q": request.query_params.getlist("q"), "query": request.url.query}
+
     @app.post("/r/{name}")
     async def write(name: str) -> dict[str, str]:
         origin.calls["POST " + name] += 1
@@ -393,6 +398,64 @@ async def test_a_passed_request_keeps_its_conditionals_and_head(setup: Setup) ->
     assert origin.seen_methods == ["GET", "GET", "GET"]
 
 
+class ServerView:
+    """An outer ASGI layer that plays the server: it records what its own scope says
+    (method, headers, route) at the moment each response message reaches it, as uvicorn
+    reads ``scope["method"]`` when it writes a response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[tuple[str, str, bool, str | None]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = list(scope["headers"])
+
+        async def recording(message: Any) -> None:
+            route = scope.get("route")
+            self.seen.append(
+                (
+                    message["type"],
+                    scope["method"],
+                    scope["headers"] == headers,
+                    None if route is None else route.path,
+                )
+            )
+            await send(message)
+
+        await self.app(scope, receive, recording)
+        self.seen.append(("returned", scope["method"], scope["headers"] == headers, None))
+
+
+@pytest.mark.parametrize("path", ["miss", "hit-for-pass"])
+async def test_the_servers_scope_stays_head_while_the_response_is_sent(
+    cache: Cache, path: str
+) -> None:
+    """When the cache runs the app as a GET for a HEAD, the server's own scope still says
+    HEAD, with its own headers, whenever a response message reaches the server (on a
+    miss, and on a key passed to the app). The route the app found is still visible."""
+    origin = Origin()
+    if path == "hit-for-pass":
+        origin.spec("a", headers={"cache-control": "no-store"})
+    server = ServerView(build_app(cache, origin))
+    async with client(server) as c:
+        if path == "hit-for-pass":
+            assert (await c.get("/r/a")).headers["x-cache"] == "BYPASS"
+            server.seen.clear()
+        head = await c.head("/r/a", headers={"if-none-match": '"other"'})
+    assert head.status_code == 200
+    assert head.headers["x-cache"] == ("MISS" if path == "miss" else "BYPASS")
+    assert head.content == b""
+    assert origin.seen_methods[-1] == "GET"
+    assert server.seen == [
+        ("http.response.start", "HEAD", True, "/r/{name}"),
+        ("http.response.body", "HEAD", True, "/r/{name}"),
+        ("returned", "HEAD", True, None),
+    ]
+
+
 async def test_request_no_store_bypasses_the_cache(setup: Setup) -> None:
     """A request with Cache-Control: no-store is neither answered from nor stored in the
     cache."""
@@ -450,6 +513,49 @@ async def test_large_streaming_response_passes_through(setup: Setup) -> None:
     assert again.text == small.text == "".join(f"small v1 lang= user= part{i};" for i in range(3))
     assert again.headers["content-length"] == str(len(small.content))
     assert origin.calls["small"] == 1
+
+
+async def test_a_response_with_trailers_is_passed_with_its_trailers(cache: Cache) -> None:
+    """A response that announces trailers is not stored; it reaches the client with
+    ``trailers: True`` on its start and its trailers after the body, on the request that
+    ran the app and on the hit-for-pass requests after it."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers,
+                    "trailers": True})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"data", "more_body": False})
+        await send({"type": "http.response.trailers", "headers": [(b"x-sum", b"1")],
+                    "more_trailers": False})  # fmt: skip
+
+    middleware = ResponseCacheMiddleware(app, cache=cache)
+    for _ in range(2):
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any, sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/t", "raw_path": b"/t",
+            "query_string": b"", "root_path": "", "headers": [(b"host", b"testserver")],
+            "extensions": {"http.response.trailers": {}},
+        }  # fmt: skip
+        await middleware(scope, receive, send)
+        assert [m["type"] for m in sent] == [
+            "http.response.start",
+            "http.response.body",
+            "http.response.trailers",
+        ]
+        assert sent[0]["trailers"] is True
+        assert sent[0]["status"] == 200
+        assert (b"x-cache", b"BYPASS") in sent[0]["headers"]
+        assert (b"content-type", b"text/plain") in sent[0]["headers"]
+        assert sent[1]["body"] == b"data"
+        assert sent[2]["headers"] == [(b"x-sum", b"1")]
 
 
 # -- keys: users, Vary, query strings, hosts ---------------------------------------------
@@ -514,17 +620,26 @@ async def test_vary_on_a_header_outside_the_key_is_not_stored(setup: Setup, vary
     assert origin.calls["a"] == 2
 
 
-async def test_query_parameters_are_sorted_by_name_only(setup: Setup) -> None:
-    """?a=1&b=2 and ?b=2&a=1 are one entry; ?t=1&t=2 and ?t=2&t=1 are two (the order of
-    a repeated parameter can mean something)."""
+async def test_query_string_is_keyed_as_sent(setup: Setup) -> None:
+    """The query string is keyed exactly as the client sent it: ?a=1&b=2 and ?b=2&a=1
+    are two entries, and so are ?q=a&%71=b and ?%71=b&q=a (both name q: the app sees
+    q == ["a", "b"] for one and ["b", "a"] for the other)."""
     c, origin = setup()
     await c.get("/r/q?a=1&b=2")
-    assert (await c.get("/r/q?b=2&a=1")).headers["x-cache"] == "HIT"
+    assert (await c.get("/r/q?b=2&a=1")).headers["x-cache"] == "MISS"
+    assert (await c.get("/r/q?a=1&b=2")).headers["x-cache"] == "HIT"
     await c.get("/r/q?t=1&t=2")
     assert (await c.get("/r/q?t=2&t=1")).headers["x-cache"] == "MISS"
     assert (await c.get("/r/q?t=1&t=2")).headers["x-cache"] == "HIT"
     assert (await c.get("/r/q")).headers["x-cache"] == "MISS"
-    assert origin.calls["q"] == 4
+    assert origin.calls["q"] == 5
+
+    for query, values in (("q=a&%71=b", ["a", "b"]), ("%71=b&q=a", ["b", "a"])):
+        for label in ("MISS", "HIT"):
+            response = await c.get(f"/echo?{query}")
+            assert response.headers["x-cache"] == label
+            assert response.json() == {"q": values, "query": query}
+    assert origin.calls["echo"] == 2
 
 
 async def test_hosts_are_kept_apart(cache: Cache) -> None:
@@ -802,6 +917,22 @@ async def test_invalidation_during_the_request_voids_its_response(
     after = await c.get("/items/1")
     assert after.headers["x-cache"] == "MISS"
     assert after.json() == {"id": 1, "v": 2}
+
+
+async def test_invalidation_drops_a_hit_for_pass_entry(setup: Setup, cache: Cache) -> None:
+    """The hit-for-pass entry carries the request's tags: invalidating its path drops
+    it, so the next request runs the app through the cache again and can be stored."""
+    c, origin = setup()
+    spec = origin.spec("a", headers={"cache-control": "no-store"})
+    assert (await c.get("/r/a")).headers["x-cache"] == "BYPASS"
+    spec.headers = {}  # the app's response is cacheable now
+    assert (await c.get("/r/a")).headers["x-cache"] == "BYPASS"  # still passed
+    assert await ainvalidate_responses(cache, paths=["/r/a"])
+    assert (await c.get("/r/a")).headers["x-cache"] == "MISS"
+    hit = await c.get("/r/a")
+    assert hit.headers["x-cache"] == "HIT"
+    assert hit.text == "a v3 lang= user="
+    assert origin.calls["a"] == 3
 
 
 async def test_a_tag_template_naming_no_path_parameter_is_an_error(setup: Setup) -> None:

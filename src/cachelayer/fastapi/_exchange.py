@@ -62,34 +62,45 @@ class AppFailed(Exception):
         self.error = error
 
 
+# Keys of the scope the cache sets on the copy the app runs on: never written back.
+_CACHE_SET = ("method", "headers", "extensions")
+
+
 class Request:
     """One cacheable request: what the loader and the senders need to know of it."""
 
-    __slots__ = ("head", "if_none_match", "original", "receive", "scope", "send", "sent", "task")
+    __slots__ = (
+        "head", "if_none_match", "original", "receive", "run", "scope", "send", "sent", "task"
+    )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, inm: str | None) -> None:
-        self.scope = scope
+        self.scope = scope  # the server's: the cache never changes its method or headers
         self.original = dict(scope)  # before the app adds its own keys: for refreshes
         self.head = scope["method"] == "HEAD"
         self.if_none_match = inm
         self.receive = receive
         self.send = send
+        self.run: Scope | None = None  # the scope of the app's run in this request's task
         self.sent = False  # the loader answered the client itself
         self.task = asyncio.current_task()
 
     def app_scope(self, foreground: bool, full: bool = True) -> Scope:
-        """The scope for one run of the app by the cache: a GET and, when ``full``, with
-        no conditional headers and no file-send extensions, so that the app answers with
-        the full body the cache stores.
+        """The scope for one run of the app by the cache: a copy of the request's, as a
+        GET and, when ``full``, with no conditional headers and no file-send extensions,
+        so that the app answers with the full body the cache stores.
 
-        The request's own run uses the request's scope (so that outer middleware sees
-        what the app added to it, the route for one) and :meth:`restore` undoes the
-        changes; a refresh gets a copy of the scope as it arrived.
+        The server's scope is never changed: it reads ``method`` while the response goes
+        out (uvicorn sends no body for a HEAD). The request's own run writes what the app
+        adds to its copy (the route, for one) back to the server's scope with
+        :meth:`publish`, so that outer middleware sees it as without the cache; a refresh
+        gets a copy of the scope as it arrived.
         """
-        scope = self.scope if foreground else dict(self.original)
+        scope = dict(self.scope if foreground else self.original)
         scope["method"] = "GET"
         if not foreground and isinstance(scope.get("state"), dict):
             scope["state"] = dict(scope["state"])
+        if foreground:
+            self.run = scope
         if not full:
             return scope
         scope["headers"] = [(k, v) for k, v in self.original["headers"] if k not in _CONDITIONAL]
@@ -98,11 +109,20 @@ class Request:
             scope["extensions"] = {k: v for k, v in extensions.items() if k not in _FILE_SENDS}
         return scope
 
-    def restore(self) -> None:
-        """Give the request's scope back its method, headers and extensions."""
-        for name in ("method", "headers", "extensions"):
-            if name in self.original:
-                self.scope[name] = self.original[name]
+    def publish(self) -> None:
+        """Copy the keys the app set in the scope of its run to the server's scope, but
+        for those the cache set itself (``method``, ``headers``, ``extensions``)."""
+        if self.run is None:
+            return
+        original = self.original
+        for name, value in self.run.items():
+            if name not in _CACHE_SET and (name not in original or original[name] is not value):
+                self.scope[name] = value
+
+    async def respond(self, message: Message) -> None:
+        """Send ``message`` to the client, the app's additions to the scope published."""
+        self.publish()
+        await self.send(message)
 
 
 class Capture:
@@ -118,8 +138,9 @@ class Capture:
     ) -> None:
         self.mw = mw
         self.request = request
-        self.client = request.send if request is not None else None
+        self.client = request.respond if request is not None else None
         self.head = request is not None and request.head
+        self.start: Message = {}
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
@@ -144,6 +165,7 @@ class Capture:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
+            self.start = dict(message)
             self.status = int(message["status"])
             self.headers = [(k.lower(), v) for k, v in message.get("headers", ())]
             if not (self.forced or message.get("trailers", False)):
@@ -188,10 +210,9 @@ class Capture:
         if self.client is not None:
             assert self.request is not None
             self.request.sent = True
-            headers = [*self.headers, (b"x-cache", self.label)]
-            await self.client(
-                {"type": "http.response.start", "status": self.status, "headers": headers}
-            )
+            start = dict(self.start)  # as the app sent it (``trailers`` included)
+            start["headers"] = [*start.get("headers", ()), (b"x-cache", self.label)]
+            await self.client(start)
 
     async def _forward(self, body: bytes, more: bool) -> None:
         if self.client is None:

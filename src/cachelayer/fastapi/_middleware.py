@@ -177,14 +177,14 @@ class ResponseCacheMiddleware:
 
     def _key(self, scope: Scope, headers: dict[bytes, bytes], has_credentials: bool) -> str:
         """``http:<scheme>:<host>:<path>:<query>[:<vary values>][:u<user>]``, each part
-        escaped; query parameters sorted by name, repeated names kept in their order."""
-        query = scope.get("query_string", b"").decode("latin-1")
-        pairs = sorted(query.split("&"), key=lambda kv: kv.partition("=")[0]) if query else []
+        escaped. The query string is keyed exactly as sent, never reordered: the app may
+        read its order (``request.url``), and ``%71`` names ``q`` once decoded, so only
+        the raw bytes tell two queries the app sees differently apart."""
         parts = [
             scope.get("scheme", "http"),
             headers.get(b"host", b"").decode("latin-1").lower(),
             scope["path"],
-            "&".join(pairs),
+            scope.get("query_string", b"").decode("latin-1"),
         ]
         key = "http:" + ":".join(escape(p) for p in parts)
         for name in self._vary_raw:  # "!" (never in an escaped value): header absent
@@ -242,7 +242,7 @@ class ResponseCacheMiddleware:
         try:
             await self.app(request.app_scope(True, full=False), request.receive, capture.send)
         finally:
-            request.restore()
+            request.publish()
 
     async def _bypass(self, scope: Scope, receive: Receive, send: Send, label: bytes) -> None:
         """Run the app as if there were no cache (a request the cache does not take);
@@ -265,7 +265,7 @@ class ResponseCacheMiddleware:
             headers.append((b"age", str(int(age)).encode()))
         headers.append((b"x-cache", label))
         etag = stored["etag"]
-        send = request.send
+        send = request.respond
         inm = request.if_none_match
         if etag and inm is not None and etag_matches(inm, etag):
             kept = [(k, v) for k, v in headers if k in _NOT_MODIFIED_KEEPS]
@@ -293,7 +293,7 @@ class ResponseCacheMiddleware:
             raise AppFailed(owner, exc) from exc
         finally:
             if foreground:
-                request.restore()
+                request.publish()
         if capture.passing:
             passed = Pass()
             passed.owner = owner
