@@ -133,6 +133,66 @@ def test_delete_invalidates(db: None, cache: Cache, rules: Any) -> None:
     assert pk is not None
 
 
+@pytest.mark.parametrize("rebuilt", [False, True], ids=["only", "model-codec"])
+def test_delete_of_an_instance_with_deferred_fields(
+    db: None, cache: Cache, rules: Any, rebuilt: bool
+) -> None:
+    """The fields the templates name are read before the row is deleted, in one query
+    for those that were deferred (by only(), or by the model codec, which keeps them
+    deferred): the delete succeeds and invalidates after the commit."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from cachelayer.django import register_django_types
+
+    ada = customer()
+    made = Order.objects.create(customer=ada, total=Decimal("5.00"), placed=NOW)
+    rules(
+        Order, tags=["customer:{customer_id}", "total:{total}"], keys=["order:{pk}"], cache=cache
+    )
+    order = Order.objects.only("id").get(pk=made.pk)
+    if rebuilt:
+        register_django_types(cache)
+        cache.set("the-order", order)
+        order = cache.get("the-order")
+        assert isinstance(order, Order)
+        assert order.get_deferred_fields() >= {"customer_id", "total"}
+    cached(cache, "ada-orders", f"customer:{ada.pk}")
+    cached(cache, "by-total", "total:5.00")
+    cache.set(f"order:{made.pk}", 1)
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        order.delete()
+        assert present(cache, "ada-orders")
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert not Order.objects.exists()
+    assert not present(cache, "ada-orders")
+    assert not present(cache, "by-total")
+    assert not present(cache, f"order:{made.pk}")
+
+
+def test_a_delete_never_fails_because_of_the_rule(
+    db: None, cache: Cache, rules: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row deleted already (its deferred fields cannot be read) and a target that
+    fails to format do not fail the delete: they are logged, and the targets that could
+    be computed are still invalidated."""
+    ada = customer()
+    made = Order.objects.create(customer=ada, total=Decimal("5.00"), placed=NOW)
+    rules(Order, tags=["customer:{customer_id}"], cache=cache)
+    stale = Order.objects.only("id").get(pk=made.pk)
+    Order.objects.filter(pk=made.pk).delete()
+    stale.delete()  # the row is gone: customer_id cannot be read, nothing to invalidate
+    made = Order.objects.create(customer=ada, total=Decimal("5.00"), placed=NOW)
+    rules(Order, tags=[lambda order: [f"x:{order.nope}"]], cache=cache)
+    cached(cache, "ada-orders", f"customer:{ada.pk}")
+    with caplog.at_level("WARNING", logger="cachelayer"):
+        made.delete()
+    assert not Order.objects.exists()
+    assert not present(cache, "ada-orders")
+    assert "nope" in caplog.text
+
+
 def test_keys_are_deleted_and_callables_are_called(db: None, cache: Cache, rules: Any) -> None:
     """keys= templates name cachelayer keys to delete; tags and keys may be callables
     returning lists."""
@@ -190,6 +250,60 @@ def test_an_unchanged_save_invalidates_only_the_current_owner(
     cached(cache, "bob-orders", f"customer:{bob.pk}")
     order.total = Decimal("6.00")
     order.save()
+    assert not present(cache, "ada-orders")
+    assert present(cache, "bob-orders")
+
+
+def test_a_rolled_back_move_is_invalidated_by_the_next_save(
+    db: None, cache: Cache, rules: Any
+) -> None:
+    """The old values advance when a save commits: a move rolled back (a transaction or
+    a savepoint) and then saved again and committed invalidates the owner the row still
+    had in the database as well as the new one."""
+    ada, bob = customer(), customer("Bob")
+    Order.objects.create(customer=ada, total=Decimal("5.00"), placed=NOW)
+    rules(Order, tags=["customer:{customer_id}"], cache=cache)
+    order = Order.objects.get()
+    order.customer_id = bob.pk
+    rolled_back(order.save)
+    with transaction.atomic():
+        rolled_back(order.save)  # a savepoint rolled back inside a committed transaction
+    assert Order.objects.get().customer_id == ada.pk
+    cached(cache, "ada-orders", f"customer:{ada.pk}")
+    cached(cache, "bob-orders", f"customer:{bob.pk}")
+    with transaction.atomic():
+        order.save()
+        assert present(cache, "ada-orders")
+        assert present(cache, "bob-orders")
+    assert not present(cache, "ada-orders")
+    assert not present(cache, "bob-orders")
+
+
+def test_update_fields_advances_only_the_fields_saved(db: None, cache: Cache, rules: Any) -> None:
+    """save(update_fields=...) writes only those fields: a change to another field that
+    a template names is not the database's value yet, and stays out of the old values."""
+    ada, bob, cy = customer(), customer("Bob"), customer("Cy")
+    Order.objects.create(customer=ada, total=Decimal("5.00"), placed=NOW)
+    rules(Order, tags=["customer:{customer_id}"], cache=cache)
+    order = Order.objects.get()
+    order.customer_id = bob.pk  # not saved below
+    order.total = Decimal("6.00")
+    order.save(update_fields=["total"])
+    assert Order.objects.get().customer_id == ada.pk
+    cached(cache, "ada-orders", f"customer:{ada.pk}")
+    cached(cache, "bob-orders", f"customer:{bob.pk}")
+    order.save()  # now the move is written: ada (still in the database) and bob
+    assert not present(cache, "ada-orders")
+    assert not present(cache, "bob-orders")
+    # A field named in update_fields by its name (not its attname) does advance.
+    order.customer_id = cy.pk
+    order.save(update_fields=["customer"])
+    cached(cache, "ada-orders", f"customer:{ada.pk}")
+    cached(cache, "bob-orders", f"customer:{bob.pk}")
+    cached(cache, "cy-orders", f"customer:{cy.pk}")
+    order.customer_id = ada.pk
+    order.save()
+    assert not present(cache, "cy-orders")
     assert not present(cache, "ada-orders")
     assert present(cache, "bob-orders")
 
@@ -349,9 +463,10 @@ def test_rules_listen_only_to_the_senders_concerned(rules: Any, cache: Cache) ->
     """A rule listens to deletes of its model (with subclasses and proxies) and to its
     own m2m tables only: other models keep Django's fast deletes and fast m2m adds,
     which any listener of theirs would turn off."""
-    from django.db.models.signals import m2m_changed, post_delete
+    from django.db.models.signals import m2m_changed, post_delete, pre_delete
 
     rules(Customer, tags=["customer:{pk}"], cache=cache)
+    assert pre_delete.has_listeners(Customer)
     assert post_delete.has_listeners(Customer)
     assert post_delete.has_listeners(VipCustomer)
     assert post_delete.has_listeners(CustomerProxy)
@@ -363,6 +478,8 @@ def test_rules_listen_only_to_the_senders_concerned(rules: Any, cache: Cache) ->
     rule.disconnect()
     assert not m2m_changed.has_listeners(Post.tags.through)
     assert not post_delete.has_listeners(Post)
+    assert not pre_delete.has_listeners(Post)
+    assert not pre_delete.has_listeners(Tag)
 
 
 def test_a_subclass_defined_after_the_rule_is_covered(db: None) -> None:

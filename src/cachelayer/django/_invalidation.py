@@ -1,26 +1,35 @@
 """``invalidate_on``: writes to a model invalidate tags and keys after they commit.
 
-A rule connects ``post_save``, ``post_delete`` and ``m2m_changed`` for one model (and its
-subclasses and proxies). At signal time it formats its templates with the instance, and
-hands the tags and keys to ``transaction.on_commit`` of the database the signal names: the
-invalidation runs after the commit, never before it, and a rolled back transaction
-invalidates nothing. Invalidating before the commit would let a reader load and cache
-the old row again (docs/consistency.md).
+A rule connects ``post_save``, ``pre_delete``/``post_delete`` and ``m2m_changed`` for one
+model (and its subclasses and proxies). At signal time it formats its templates with the
+instance, and hands the tags and keys to ``transaction.on_commit`` of the database the
+signal names: the invalidation runs after the commit, never before it, and a rolled back
+transaction invalidates nothing. Invalidating before the commit would let a reader load
+and cache the old row again (docs/consistency.md).
 
 Old values: a rule also remembers, in ``post_init``, the fields its templates name as
-the instance was loaded (or last saved by this rule). A save that moves an order from
-user 1 to user 2 invalidates ``user:1`` as well as ``user:2``.
+the instance was loaded. A save that moves an order from user 1 to user 2 invalidates
+``user:1`` as well as ``user:2``. The remembered values advance to the saved ones when
+the save commits (an ``on_commit`` callback), and only for the fields it wrote
+(``update_fields``): after a rolled back save they are still the database's.
+
+Deletes: the targets are computed in ``pre_delete``, while the row still exists (the
+deferred fields the templates name are read in one query), and scheduled in
+``post_delete``. A delete never fails because of a rule: what cannot be computed is
+logged and skipped.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from django.apps import apps
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.db.models import ManyToManyField, Model
 from django.db.models.signals import (
@@ -29,6 +38,7 @@ from django.db.models.signals import (
     post_delete,
     post_init,
     post_save,
+    pre_delete,
 )
 
 from .._cache import Cache
@@ -39,6 +49,9 @@ __all__ = ["ModelInvalidation", "connect_pending", "invalidate_on", "registered_
 M = TypeVar("M", bound=type[Model])
 
 _SNAPSHOTS = "_cachelayer_loaded"  # instance.__dict__ key: {rule id: {root: value}}
+_DELETING = "_cachelayer_deleting"  # instance.__dict__ key: {rule id: (tags, keys)}
+
+log = logging.getLogger("cachelayer.cache")
 
 _rules_lock = threading.Lock()
 _rules: list[ModelInvalidation] = []
@@ -81,9 +94,9 @@ class ModelInvalidation:
         self._clearing: dict[tuple[int, type[Model]], list[Any]] = {}
         self._clearing_lock = threading.Lock()
         # post_save and post_init: any sender, filtered here (proxies and subclasses send
-        # their own class). post_delete and m2m_changed: only the senders concerned, since
-        # a listener of any sender turns off Django's fast deletes and fast m2m adds for
-        # every model.
+        # their own class). pre_delete, post_delete and m2m_changed: only the senders
+        # concerned, since a listener of any sender turns off Django's fast deletes and
+        # fast m2m adds for every model.
         self._delete_senders: list[type[Model]] = []
         self._m2m_senders: list[type[Model]] = []
         post_save.connect(self._saved, weak=False, dispatch_uid=self._uid)
@@ -108,6 +121,7 @@ class ModelInvalidation:
         for signal in (post_save, post_init, class_prepared):
             signal.disconnect(dispatch_uid=self._uid)
         for cls in self._delete_senders:
+            pre_delete.disconnect(sender=cls, dispatch_uid=self._uid)
             post_delete.disconnect(sender=cls, dispatch_uid=self._uid)
         for through in self._m2m_senders:
             m2m_changed.disconnect(sender=through, dispatch_uid=self._uid)
@@ -120,6 +134,7 @@ class ModelInvalidation:
 
     def _listen_for_deletes(self, cls: type[Model]) -> None:
         if cls not in self._delete_senders:
+            pre_delete.connect(self._deleting, sender=cls, weak=False, dispatch_uid=self._uid)
             post_delete.connect(self._deleted, sender=cls, weak=False, dispatch_uid=self._uid)
             self._delete_senders.append(cls)
 
@@ -143,7 +158,8 @@ class ModelInvalidation:
         return render(self.tags, instance), render(self.keys, instance)
 
     def _old_targets(self, instance: Model) -> tuple[list[str], list[str]]:
-        """The template tags and keys of the values the instance was loaded with."""
+        """The template tags and keys of the values the instance was loaded with (or
+        last saved with, in a committed transaction)."""
         old = instance.__dict__.get(_SNAPSHOTS, {}).get(self._uid)
         if not old:
             return [], []
@@ -181,23 +197,64 @@ class ModelInvalidation:
             self._tracked = {root: by_name[root] for root in self.roots if root in by_name}
         return self._tracked
 
-    def _remember(self, instance: Model) -> None:
+    def _values(self, instance: Model, written: Iterable[str] | None = None) -> dict[str, Any]:
+        """The tracked values the instance holds, of the fields in ``written`` (names or
+        attnames, as ``update_fields``; every field if None) and its pk. A deferred field
+        is not read: that would be a query. A pk of None names no row."""
         loaded = instance.__dict__
-        values = {
-            root: loaded[attname]
-            for root, attname in self._tracked_fields().items()
-            if attname in loaded  # a deferred field is not read: that would be a query
-        }
-        loaded.setdefault(_SNAPSHOTS, {})[self._uid] = values
+        meta = self.model._meta
+        pk_attname = meta.pk.attname if meta.pk is not None else None
+        wanted: set[str] | None = None
+        if written is not None:
+            names = set(written)
+            wanted = {f.attname for f in meta.concrete_fields if {f.name, f.attname} & names}
+        values = {}
+        for root, attname in self._tracked_fields().items():
+            if attname not in loaded:
+                continue
+            if attname == pk_attname:
+                if loaded[attname] is None:
+                    continue
+            elif wanted is not None and attname not in wanted:
+                continue
+            values[root] = loaded[attname]
+        return values
+
+    def _remember(self, instance: Model, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the instance's old values."""
+        instance.__dict__.setdefault(_SNAPSHOTS, {}).setdefault(self._uid, {}).update(values)
 
     def _initialised(self, sender: type[Model], instance: Model, **kwargs: Any) -> None:
         if issubclass(sender, self.model):
-            self._remember(instance)
+            instance.__dict__.setdefault(_SNAPSHOTS, {})[self._uid] = self._values(instance)
+
+    def _load_deferred(self, instance: Model, using: str) -> None:
+        """Read the tracked fields the instance deferred, in one query (the row must still
+        exist; if it does not, they stay deferred)."""
+        loaded = instance.__dict__
+        missing = sorted({a for a in self._tracked_fields().values() if a not in loaded})
+        if not missing or instance.pk is None:
+            return
+        try:
+            instance.refresh_from_db(using=using, fields=missing)
+        except ObjectDoesNotExist:
+            log.warning(
+                "cachelayer: invalidate_on(%s): the row pk=%r is gone; %s could not be read",
+                self.model._meta.label,
+                instance.pk,
+                ", ".join(missing),
+            )
 
     # -- signal receivers ----------------------------------------------------------------------
 
     def _saved(
-        self, sender: type[Model], instance: Model, created: bool, using: str, **kwargs: Any
+        self,
+        sender: type[Model],
+        instance: Model,
+        created: bool,
+        using: str,
+        update_fields: frozenset[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         if not issubclass(sender, self.model):
             return
@@ -208,14 +265,72 @@ class ModelInvalidation:
             keys += old_keys
         self._schedule(using, tags, keys)
         if self.roots:
-            self._remember(instance)
+            # The written values become the old ones once they are the database's: when
+            # the transaction commits. A rollback leaves the remembered values as they were.
+            written = self._values(instance, update_fields)
+            transaction.on_commit(
+                functools.partial(self._remember, instance, written), using=using, robust=True
+            )
+
+    def _deleting(self, sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+        """Compute the targets while the row exists; ``_deleted`` schedules them."""
+        if not issubclass(sender, self.model):
+            return
+        tags: list[str] = []
+        keys: list[str] = []
+        try:
+            self._load_deferred(instance, using)
+            deferred = instance.get_deferred_fields()
+            tags = self._render_for_delete(self.tags, instance, deferred)
+            keys = self._render_for_delete(self.keys, instance, deferred)
+            old_tags, old_keys = self._old_targets(instance)
+            tags += old_tags
+            keys += old_keys
+        except Exception:  # a delete never fails because of a rule
+            log.exception(
+                "cachelayer: invalidate_on(%s): the targets of the delete of pk=%r are incomplete",
+                self.model._meta.label,
+                instance.pk,
+            )
+        instance.__dict__.setdefault(_DELETING, {})[self._uid] = (tags, keys)
+
+    def _render_for_delete(
+        self, targets: tuple[Target, ...], instance: Model, deferred: set[str]
+    ) -> list[str]:
+        """Each target that formats; the others are logged. A template naming a field
+        that is still deferred (the row was gone) is skipped without a query."""
+        tracked = self._tracked_fields()
+        out: list[str] = []
+        for target in targets:
+            if isinstance(target, str) and any(
+                tracked.get(root) in deferred for root in template_roots(target)
+            ):
+                continue
+            try:
+                out += render((target,), instance)
+            except Exception:
+                log.exception(
+                    "cachelayer: invalidate_on(%s): %r failed for the delete of pk=%r",
+                    self.model._meta.label,
+                    target,
+                    instance.pk,
+                )
+        return out
 
     def _deleted(self, sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
         if not issubclass(sender, self.model):
             return
-        tags, keys = self.targets(instance)
-        old_tags, old_keys = self._old_targets(instance)
-        self._schedule(using, tags + old_tags, keys + old_keys)
+        tags, keys = instance.__dict__.get(_DELETING, {}).pop(self._uid, ([], []))
+        try:
+            self._schedule(using, tags, keys)
+        except Exception:  # a delete never fails because of a rule (an unknown alias)
+            log.exception(
+                "cachelayer: invalidate_on(%s): the delete of pk=%r could not schedule %s %s",
+                self.model._meta.label,
+                instance.pk,
+                tags,
+                keys,
+            )
 
     def _m2m_fields(self) -> dict[type[Model], ManyToManyField[Any, Any]]:
         """through model -> its ManyToManyField, for the model's m2m relations, declared
@@ -354,7 +469,9 @@ def invalidate_on(
     (``cache.delete_many``; cachelayer keys, as the ``cached`` decorator's) once the
     transaction commits (``transaction.on_commit`` on the signal's database). A rolled
     back transaction invalidates nothing. A save that changed a field a template names
-    also invalidates the value the instance was loaded with.
+    also invalidates the value the instance was loaded with (or last saved with, once
+    that save committed). A delete computes its targets before the row is deleted and
+    never fails because of the rule: what cannot be computed is logged and skipped.
 
     Queryset ``update()``, ``bulk_create``, ``bulk_update`` and raw SQL send no signals:
     after those, call ``cache.invalidate_after_commit(transaction.on_commit, tags=[...])``.
