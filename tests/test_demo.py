@@ -89,6 +89,27 @@ def test_demo_redis_store_cleans_up(tmp_path: Path, redis_url: str) -> None:
         client.close()
 
 
+def test_demo_ramp_reports_steps_and_capacity(tmp_path: Path) -> None:
+    """--ramp steps the clients up per phase, stops after two steps over the p99 bound,
+    and reports the best step within it (none when every step is over)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*DEMO, "--users", "400", "--ramp", "--ramp-step", "0.5", "--warmup", "0.3",
+         "--phases", "none,cachelayer", "--p99-ms", "0.001",
+         "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ramp = json.loads((out / "results.json").read_text())["ramp"]
+    assert set(ramp["sides"]) == {"none", "cachelayer"}
+    for side in ramp["sides"].values():
+        # A 1 µs bound: the first two steps are over it, so the ramp stops there.
+        assert [s["concurrency"] for s in side["steps"]] == [1, 2]
+        assert side["capacity"] is None
+        assert all(s["errors"] == 0 for s in side["steps"])
+    assert "Throughput by clients" in (out / "report.html").read_text()
+
+
 def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
     """Bad input is a clear error, before any work."""
     proc = subprocess.run(

@@ -9,7 +9,11 @@ that use it create the tables with ``djapp.db.database()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import django
+import pytest
 from django.conf import settings
 
 if not settings.configured:
@@ -21,3 +25,20 @@ if not settings.configured:
         USE_TZ=True,
     )
     django.setup()
+
+
+@pytest.fixture
+def rules() -> Iterator[Callable[..., Any]]:
+    """invalidate_on, with every rule it made disconnected afterwards."""
+    from cachelayer.django import invalidate_on
+
+    made: list[Any] = []
+
+    def connect(model: Any, **options: Any) -> Any:
+        rule = invalidate_on(model, **options)
+        made.append(rule)
+        return rule
+
+    yield connect
+    for rule in made:
+        rule.disconnect()

@@ -7,7 +7,6 @@ They run through Django's check framework (``run_checks``), as ``manage.py check
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from cachelayer.django import ModelInvalidation, invalidate_on
 from cachelayer.django.checks import check_caches
 from tests.integrations.djapp.models import Customer, Order
 
@@ -38,20 +36,6 @@ def caches_with(**entry: Any) -> dict[str, Any]:
         "default": {"BACKEND": BACKEND, "LOCATION": "memory://"},
         "other": {"BACKEND": BACKEND, **entry},
     }
-
-
-@pytest.fixture
-def rule_of() -> Iterator[Any]:
-    made: list[ModelInvalidation] = []
-
-    def connect(model: Any, **options: Any) -> ModelInvalidation:
-        rule = invalidate_on(model, **options)
-        made.append(rule)
-        return rule
-
-    yield connect
-    for rule in made:
-        rule.disconnect()
 
 
 def test_a_correct_configuration_reports_nothing() -> None:
@@ -108,35 +92,35 @@ def test_timeout_zero_is_w001(timeout: int) -> None:
         assert ours("caches") == []
 
 
-def test_invalidate_on_template_naming_no_field_is_e002(rule_of: Any) -> None:
+def test_invalidate_on_template_naming_no_field_is_e002(rules: Any) -> None:
     """A template naming something the model lacks is cachelayer.E002 on that model;
     fields, attnames, pk and other attributes (properties, methods) are fine."""
-    rule_of(Order, tags=["customer:{customer_id}", "order:{pk}", "o:{id}:{total}"])
-    rule_of(Customer, keys=["c:{name}:{initials}", "x:{joined.year}"])
+    rules(Order, tags=["customer:{customer_id}", "order:{pk}", "o:{id}:{total}"])
+    rules(Customer, keys=["c:{name}:{initials}", "x:{joined.year}"])
     assert ours("models") == []
-    rule_of(Order, tags=["customer:{custmer_id}"])
+    rules(Order, tags=["customer:{custmer_id}"])
     found = ours("models")
     assert [i for i, _ in found] == ["cachelayer.E002"]
     assert "'custmer_id'" in found[0][1]
     assert "djapp.Order" in found[0][1]
 
 
-def test_invalidate_on_template_naming_a_relation_is_w002(rule_of: Any) -> None:
+def test_invalidate_on_template_naming_a_relation_is_w002(rules: Any) -> None:
     """A template formatting a relation (a query per write, and str() of the object) is
     cachelayer.W002, with the attname to use instead."""
-    rule_of(Order, tags=["customer:{customer}"])
+    rules(Order, tags=["customer:{customer}"])
     found = checks.run_checks(tags=["models"])
     warning = next(m for m in found if m.id == "cachelayer.W002")
     assert "{customer_id}" in (warning.hint or "")
 
 
-def test_invalidate_on_unknown_alias_is_e003(rule_of: Any) -> None:
+def test_invalidate_on_unknown_alias_is_e003(rules: Any) -> None:
     """A rule naming an alias that is missing or not cachelayer's is cachelayer.E003."""
     locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     setting = {"default": {"BACKEND": BACKEND}, "locmem": locmem}
-    rule_of(Order, tags=["customer:{customer_id}"], cache="nope")
-    rule_of(Order, tags=["customer:{customer_id}"], cache="locmem")
-    rule_of(Order, tags=["customer:{customer_id}"], cache="default")
+    rules(Order, tags=["customer:{customer_id}"], cache="nope")
+    rules(Order, tags=["customer:{customer_id}"], cache="locmem")
+    rules(Order, tags=["customer:{customer_id}"], cache="default")
     with override_settings(CACHES=setting):
         found = ours("models")
     assert [i for i, _ in found] == ["cachelayer.E003", "cachelayer.E003"]
@@ -144,8 +128,8 @@ def test_invalidate_on_unknown_alias_is_e003(rule_of: Any) -> None:
     assert "'locmem'" in found[1][1]
 
 
-def test_manage_py_check_fails_on_errors(rule_of: Any) -> None:
+def test_manage_py_check_fails_on_errors(rules: Any) -> None:
     """``manage.py check`` stops on a cachelayer error, as on Django's own."""
-    rule_of(Order, tags=["customer:{nope}"])
+    rules(Order, tags=["customer:{nope}"])
     with pytest.raises(SystemCheckError, match=r"cachelayer\.E002"):
         call_command("check")

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from cachelayer import MISSING, Cache
-from cachelayer.django import ModelInvalidation, invalidate_on
+from cachelayer.django import invalidate_on
 from cachelayer.django._invalidation import registered_rules
 from tests.integrations.djapp.db import database
 from tests.integrations.djapp.models import (
@@ -36,21 +36,6 @@ NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 def db() -> Iterator[None]:
     with database():
         yield
-
-
-@pytest.fixture
-def rules() -> Iterator[Callable[..., ModelInvalidation]]:
-    """invalidate_on, with every rule it made disconnected afterwards."""
-    made: list[ModelInvalidation] = []
-
-    def connect(model: Any, **options: Any) -> ModelInvalidation:
-        rule = invalidate_on(model, **options)
-        made.append(rule)
-        return rule
-
-    yield connect
-    for rule in made:
-        rule.disconnect()
 
 
 def cached(cache: Cache, key: str, *tags: str) -> None:

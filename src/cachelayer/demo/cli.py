@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -94,11 +95,12 @@ def main(args: argparse.Namespace) -> int:
     from .load import Workload
 
     workload = Workload(args.users, args.writes, args.zipf, args.seed)
+    run = _Run(args, console, database, store, run_id, workload, phases)
     try:
         if args.ramp:
-            results["ramp"] = _ramp(args, console, database, store, run_id, workload, phases)
+            results["ramp"] = _ramp(run)
         else:
-            _phases(args, console, database, store, run_id, workload, phases, results)
+            _phases(run, results)
     finally:
         if args.redis:
             _clean_redis(args.redis, run_id)
@@ -135,21 +137,29 @@ def _measure(
         )
 
 
-def _phases(
-    args: argparse.Namespace,
-    console: Any,
-    database: str,
-    store: str,
-    run_id: str,
-    workload: Any,
-    phases: list[str],
-    results: dict[str, Any],
-) -> None:
-    from .server import Server
+@dataclasses.dataclass
+class _Run:
+    """What every phase of one run shares."""
 
-    for index, mode in enumerate(phases):
-        config = {"mode": mode, "database": database, "store": store, "namespace": run_id}
-        with Server(config, args.threads) as server:
+    args: argparse.Namespace
+    console: Any
+    database: str
+    store: str
+    run_id: str
+    workload: Any
+    phases: list[str]
+
+    def server(self, mode: str) -> Any:
+        from .server import Server
+
+        config = {"mode": mode, "database": self.database, "store": self.store}
+        return Server({**config, "namespace": self.run_id}, self.args.threads)
+
+
+def _phases(run: _Run, results: dict[str, Any]) -> None:
+    args, console, workload = run.args, run.console, run.workload
+    for index, mode in enumerate(run.phases):
+        with run.server(mode) as server:
             if index == 0:
                 floor = _measure(
                     console, TITLES["floor"], server, None, args.concurrency,
@@ -163,24 +173,14 @@ def _phases(
         results["phases"][mode] = _summary(result)
 
 
-def _ramp(
-    args: argparse.Namespace,
-    console: Any,
-    database: str,
-    store: str,
-    run_id: str,
-    workload: Any,
-    phases: list[str],
-) -> dict[str, Any]:
+def _ramp(run: _Run) -> dict[str, Any]:
     """For each phase: a warm-up, then 1, 2, 4, ... clients until p99 exceeds the bound
     twice in a row; the capacity is the best throughput of a step within the bound."""
-    from .server import Server
-
+    args, console, workload = run.args, run.console, run.workload
     ramp: dict[str, Any] = {"p99_bound_ms": args.p99_ms, "sides": {}}
-    for mode in phases:
+    for mode in run.phases:
         steps = []
-        config = {"mode": mode, "database": database, "store": store, "namespace": run_id}
-        with Server(config, args.threads) as server:
+        with run.server(mode) as server:
             # One warm-up per phase at the run's concurrency, then short settles per step.
             label = f"{TITLES[mode]}, warm-up"
             _measure(console, label, server, workload, args.concurrency, args.warmup, 0.0)
