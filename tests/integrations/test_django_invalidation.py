@@ -445,12 +445,23 @@ def test_mistakes_are_refused(db: None, cache: Cache, rules: Any) -> None:
 
 
 def test_rules_listen_only_to_the_senders_concerned(rules: Any, cache: Cache) -> None:
-    """A rule listens to deletes of its model (with subclasses and proxies) and to its
-    own m2m tables only: other models keep Django's fast deletes and fast m2m adds,
-    which any listener of theirs would turn off."""
-    from django.db.models.signals import m2m_changed, post_delete, pre_delete
+    """A rule listens to its model (with subclasses and proxies) and its own m2m tables
+    only: other models keep Django's fast deletes and fast m2m adds, which any listener
+    of theirs would turn off, and their instances cost no call of the rule."""
+    from django.db.models.signals import (
+        m2m_changed,
+        post_delete,
+        post_init,
+        post_save,
+        pre_delete,
+    )
 
     rules(Customer, tags=["customer:{pk}"], cache=cache)
+    for signal in (post_init, post_save):
+        assert signal.has_listeners(Customer)
+        assert signal.has_listeners(VipCustomer)
+        assert not signal.has_listeners(Order)
+        assert not signal.has_listeners(Tag)
     assert pre_delete.has_listeners(Customer)
     assert post_delete.has_listeners(Customer)
     assert post_delete.has_listeners(VipCustomer)

@@ -93,18 +93,15 @@ class ModelInvalidation:
         self._throughs: dict[type[Model], ManyToManyField[Any, Any]] | None = None
         self._clearing: dict[tuple[int, type[Model]], list[Any]] = {}
         self._clearing_lock = threading.Lock()
-        # post_save and post_init: any sender, filtered here (proxies and subclasses send
-        # their own class). pre_delete, post_delete and m2m_changed: only the senders
-        # concerned, since a listener of any sender turns off Django's fast deletes and
-        # fast m2m adds for every model.
-        self._delete_senders: list[type[Model]] = []
+        # Every signal is connected for the senders concerned only: the model, its
+        # subclasses and proxies (which send their own class), and its m2m tables. A
+        # listener of any sender would run for every instance of every model of the app
+        # (post_init), and turn off Django's fast deletes and fast m2m adds everywhere.
+        self._senders: list[type[Model]] = []
         self._m2m_senders: list[type[Model]] = []
-        post_save.connect(self._saved, weak=False, dispatch_uid=self._uid)
-        if self.roots:
-            post_init.connect(self._initialised, weak=False, dispatch_uid=self._uid)
         class_prepared.connect(self._class_prepared, weak=False, dispatch_uid=self._uid)
         for cls in _with_subclasses(model):
-            self._listen_for_deletes(cls)
+            self._listen(cls)
         with _rules_lock:
             _rules.append(self)
             if not apps.models_ready:  # through models are known once every model is
@@ -118,30 +115,34 @@ class ModelInvalidation:
 
     def disconnect(self) -> None:
         """Stop invalidating: disconnect every signal of this rule."""
-        for signal in (post_save, post_init, class_prepared):
-            signal.disconnect(dispatch_uid=self._uid)
-        for cls in self._delete_senders:
-            pre_delete.disconnect(sender=cls, dispatch_uid=self._uid)
-            post_delete.disconnect(sender=cls, dispatch_uid=self._uid)
+        class_prepared.disconnect(dispatch_uid=self._uid)
+        for cls in self._senders:
+            for signal in (post_init, post_save, pre_delete, post_delete):
+                signal.disconnect(sender=cls, dispatch_uid=self._uid)
         for through in self._m2m_senders:
             m2m_changed.disconnect(sender=through, dispatch_uid=self._uid)
-        self._delete_senders, self._m2m_senders = [], []
+        self._senders, self._m2m_senders = [], []
         with _rules_lock:
             if self in _rules:
                 _rules.remove(self)
             if self in _pending:
                 _pending.remove(self)
 
-    def _listen_for_deletes(self, cls: type[Model]) -> None:
-        if cls not in self._delete_senders:
-            pre_delete.connect(self._deleting, sender=cls, weak=False, dispatch_uid=self._uid)
-            post_delete.connect(self._deleted, sender=cls, weak=False, dispatch_uid=self._uid)
-            self._delete_senders.append(cls)
+    def _listen(self, cls: type[Model]) -> None:
+        if cls in self._senders:
+            return
+        uid = self._uid
+        if self.roots:
+            post_init.connect(self._initialised, sender=cls, weak=False, dispatch_uid=uid)
+        post_save.connect(self._saved, sender=cls, weak=False, dispatch_uid=uid)
+        pre_delete.connect(self._deleting, sender=cls, weak=False, dispatch_uid=uid)
+        post_delete.connect(self._deleted, sender=cls, weak=False, dispatch_uid=uid)
+        self._senders.append(cls)
 
     def _class_prepared(self, sender: type[Model], **kwargs: Any) -> None:
         """A subclass or proxy of the model defined after the rule: listen to it too."""
         if issubclass(sender, self.model):
-            self._listen_for_deletes(sender)
+            self._listen(sender)
 
     def _listen_for_m2m(self) -> None:
         for through in self._m2m_fields():
