@@ -178,6 +178,7 @@ async def drive(
     measure_from = start + warmup
     deadline = measure_from + seconds
     counter = itertools.count(1)
+    answered = [0]  # responses (or failures) so far, warm-up included
 
     async def client() -> None:
         conn = Connection(host, port)
@@ -198,6 +199,7 @@ async def drive(
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     status, payload = 0, b""
                 done = time.perf_counter()
+                answered[0] += 1
                 measured = sent >= measure_from
                 if status != 200:
                     result.errors += measured
@@ -218,27 +220,33 @@ async def drive(
             conn.close()
 
     async def sample() -> None:
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        first = last = await server_counters(host, port)
-        last_requests, last_t = 0, time.perf_counter()
+        """Every second (warm-up included, ``t`` < 0 there): requests answered and the
+        server's hit ratio; and the server's counters over the measured window."""
+        last = first = await server_counters(host, port)
+        measuring = False
+        last_t, last_done = time.perf_counter(), 0
         while (now := time.perf_counter()) < deadline:
-            await asyncio.sleep(min(1.0, max(0.0, deadline - now)))
+            step = min(1.0, deadline - now)
+            if not measuring:
+                step = min(step, measure_from - now)
+            await asyncio.sleep(max(0.0, step))
             current = await server_counters(host, port)
-            requests = result.requests
+            now = time.perf_counter()
+            if not measuring and now >= measure_from:
+                measuring, first = True, current
             reads = current["reads"] - last["reads"]
             loads = current["loads"] - last["loads"]
-            now = time.perf_counter()
             result.timeline.append(
                 {
                     "t": round(now - measure_from, 3),
                     "dt": round(now - last_t, 3),
-                    "requests": requests - last_requests,
+                    "requests": answered[0] - last_done,
                     "hit_ratio": (1 - loads / reads) if reads else 0.0,
                 }
             )
-            last, last_requests, last_t = current, requests, now
+            last, last_t, last_done = current, now, answered[0]
             if tick is not None:
-                tick(time.perf_counter() - start, requests)
+                tick(now - start, answered[0])
         result.server = {k: last[k] - first[k] for k in last}
 
     tasks = [asyncio.create_task(client()) for _ in range(concurrency)]

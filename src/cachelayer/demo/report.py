@@ -274,21 +274,21 @@ def html(results: dict[str, Any]) -> str:
             if n in phases
         }
         body.append(_chart("Latency CDF", cdf, "latency, ms (log)", "fraction", True, 1.0))
+        # Samples shorter than half a second (the last one) are too noisy to draw.
+        whole = {n: [pt for pt in phases[n]["timeline"] if pt["dt"] >= 0.5] for n in phases}
         timeline = {
-            n: [
-                (pt["t"], pt["requests"] / max(pt.get("dt", 1.0), 1e-9))
-                for pt in phases[n]["timeline"]
-            ]
+            n: [(pt["t"], pt["requests"] / pt["dt"]) for pt in whole[n]]
             for n in ORDER
             if n in phases
         }
-        body.append(_chart("Throughput over time", timeline, "seconds", "requests per second"))
+        xlabel = "seconds (warm-up before 0)"
+        body.append(_chart("Throughput over time", timeline, xlabel, "requests per second"))
         hits = {
-            n: [(pt["t"], pt["hit_ratio"]) for pt in phases[n]["timeline"]]
+            n: [(pt["t"], pt["hit_ratio"]) for pt in whole[n]]
             for n in ("naive", "cachelayer")
             if n in phases
         }
-        body.append(_chart("Hit ratio over time", hits, "seconds", "hit ratio", ymax=1.0))
+        body.append(_chart("Hit ratio over time", hits, xlabel, "hit ratio", ymax=1.0))
     if "ramp" in results:
         ramp = results["ramp"]
         rps = {
