@@ -349,10 +349,55 @@ def test_follower_does_not_share_a_load_whose_tag_was_invalidated_before_it_star
     db["user:1"] = "v2"
     assert cache.invalidate_tags("user:1") is True  # the write is done and invalidated
     follower = pool.submit(cache.get_or_load, "profile:1", lambda: db["user:1"], tags=["user:1"])
-    until(lambda: cache.stats.misses == 2, "the follower to miss and join")
+    until(lambda: followers(cache) == 1, "the follower to join the leader's flight")
     loader.release.set()
     assert leader.result(WAIT) == "v1"
     assert follower.result(WAIT) == "v2"
+
+
+def followers(cache: Cache) -> int:
+    """Callers waiting in this cache's flights now (threads)."""
+    flights = cache._runner._flights._flights.values()
+    return sum(flight.followers for flight in flights)
+
+
+class NotFound(Exception):
+    pass
+
+
+@pytest.mark.parametrize("write", ["tag", "key"])
+def test_follower_does_not_share_a_cached_error_a_write_made_obsolete(
+    cache: Cache, pool: Any, write: str
+) -> None:
+    """A "not found" cached by the leader is not handed to a follower that started after
+    the row was created and invalidated: the follower reads for itself."""
+    db: dict[str, str] = {}
+    read, release = threading.Event(), threading.Event()
+
+    def slow_find() -> str:
+        found = db.get("user:1")  # the read happens before the create below
+        read.set()
+        assert release.wait(WAIT)
+        if found is None:
+            raise NotFound("user:1")
+        return found
+
+    def get(loader: Callable[[], str]) -> Any:
+        return cache.get_or_load("profile:1", loader, tags=["user:1"], cache_errors={NotFound: 30})
+
+    leader = pool.submit(get, slow_find)
+    assert read.wait(WAIT)
+    db["user:1"] = "Ada"  # the create commits, then invalidates
+    if write == "tag":
+        assert cache.invalidate_tags("user:1") is True
+    else:
+        cache.delete("profile:1")
+    follower = pool.submit(get, lambda: db["user:1"])
+    until(lambda: followers(cache) == 1, "the follower to join the leader's flight")
+    release.set()
+    with pytest.raises(NotFound):
+        leader.result(WAIT)
+    assert follower.result(WAIT) == "Ada"
 
 
 def test_waiter_takes_over_when_the_holders_lease_is_voided(cache_factory: Any, pool: Any) -> None:

@@ -39,7 +39,9 @@ class Flight:
         """May the follower numbered ``follower`` use this outcome?"""
         if not self.trusted:
             return False
-        return self.error is not None or follower < self.cutoff
+        if self.raw is None:  # an exception that stored nothing: shared with every follower
+            return self.error is not None
+        return follower < self.cutoff
 
     def publish(self, raw: bytes, trusted: bool) -> None:
         self.raw = raw
@@ -48,8 +50,10 @@ class Flight:
     def fail(self, error: BaseException) -> None:
         # A loader's exception is shared; a cancellation or interrupt of the leader is
         # not the followers' outcome, so they load for themselves.
+        # A cached error was published as its negative entry, with its own trust.
         self.error = error
-        self.trusted = isinstance(error, Exception)
+        if self.raw is None:
+            self.trusted = isinstance(error, Exception)
 
 
 class SyncFlights:

@@ -316,13 +316,20 @@ def read_through(
         # outcome (a fresh copy of the value, or the same exception) -- unless one of the
         # value's tags was invalidated after the leader read the tokens and before this
         # caller did: then the value predates a write this caller must see.
-        if flight.error is not None:
+        if flight.raw is None:  # a failure that stored nothing is shared as it is
             stats.flight_joins += 1
+            assert flight.error is not None
             raise flight.error
+        # A value, or a cached error (negative entry), checked alike.
         entry = cache._decode(flight.raw)
         if entry is not None and _tags_hold(entry, tokens):
-            stats.flight_joins += 1
-            return entry.value
+            if not entry.negative:
+                stats.flight_joins += 1
+                return entry.value
+            exc = _cached_error(entry, options)
+            if exc is not None:
+                stats.flight_joins += 1
+                raise exc
     # (an untrusted outcome -- the leader's fill was refused, so its value may predate an
     # invalidation -- is not shared: this caller reads for itself.)
 
@@ -405,7 +412,10 @@ def read_through(
                 seconds = cache._ttl.resolve(errors.ttls[exc_type])
                 # A cached error carries the tags too: invalidating them drops it.
                 payload = cache._encode_negative(exc_type, exc, seconds, _tag_tokens(tokens))
-                yield ("fill", key, payload, seconds, lease, token)
+                filled = yield ("fill", key, payload, seconds, lease, token)
+                # Followers take it as they take a value: only if the fill was accepted
+                # and no tag of theirs moved since (a write may have created the row).
+                yield ("publish", payload, filled is True)
         raise
     duration_ms = int((time.perf_counter() - started) * 1000)
     seconds = cache._ttl.resolve(options.ttl)
