@@ -110,6 +110,18 @@ def test_demo_ramp_reports_steps_and_capacity(tmp_path: Path) -> None:
     assert "Throughput by clients" in (out / "report.html").read_text()
 
 
+def test_demo_relative_data_dir(tmp_path: Path) -> None:
+    """A relative --data-dir is taken from the working directory."""
+    proc = subprocess.run(
+        [*DEMO, "--users", "200", "--duration", "1", "--warmup", "0.2", "--phases", "none",
+         "--data-dir", "data", "--out", "out"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "data").glob("*.sqlite3"))) == 1
+    assert (tmp_path / "out" / "results.json").exists()
+
+
 def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
     """Bad input is a clear error, before any work."""
     proc = subprocess.run(

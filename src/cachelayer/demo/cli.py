@@ -15,11 +15,12 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 PHASES = ("none", "naive", "cachelayer")
 TITLES = {
@@ -106,12 +107,12 @@ def main(args: argparse.Namespace) -> int:
             _clean_redis(args.redis, run_id)
     from . import report
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))  # first: kept
     if not args.ramp:
         report.print_tables(console, results)
     else:
         report.print_ramp(console, results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "report.html").write_text(report.html(results))
     console.print(
         f"\nReport: {args.out / 'report.html'}   raw results: {args.out / 'results.json'}"
@@ -127,13 +128,14 @@ def _measure(
     clients: int,
     seconds: float,
     warmup: float,
+    rng: random.Random | None = None,
 ) -> Any:
     """One run of the load driver against ``server``, with a progress bar."""
     from .load import drive
 
     with _progress(console, label, warmup + seconds) as tick:
         return asyncio.run(
-            drive(server.host, server.port, workload, clients, seconds, warmup, tick)
+            drive(server.host, server.port, workload, clients, seconds, warmup, tick, rng)
         )
 
 
@@ -180,20 +182,25 @@ def _ramp(run: _Run) -> dict[str, Any]:
     ramp: dict[str, Any] = {"p99_bound_ms": args.p99_ms, "sides": {}}
     for mode in run.phases:
         steps = []
+        # One request sequence per phase, continued across its steps: replaying it at
+        # every step would hand the cached phases the keys they just cached.
+        rng = random.Random(workload.seed)
         with run.server(mode) as server:
             # One warm-up per phase at the run's concurrency, then short settles per step.
             label = f"{TITLES[mode]}, warm-up"
-            _measure(console, label, server, workload, args.concurrency, args.warmup, 0.0)
+            _measure(console, label, server, workload, args.concurrency, args.warmup, 0.0, rng)
             over = 0
             for level in RAMP_LEVELS:
                 label = f"{TITLES[mode]}, {level} clients"
-                result = _measure(console, label, server, workload, level, args.ramp_step, 0.5)
+                result = _measure(
+                    console, label, server, workload, level, args.ramp_step, 0.5, rng
+                )
                 step = _summary(result)
                 steps.append(step)
                 over = over + 1 if step["p99_ms"] > args.p99_ms else 0
                 if over == 2:
                     break
-        within = [s for s in steps if s["p99_ms"] <= args.p99_ms]
+        within = [s for s in steps if s["p99_ms"] <= args.p99_ms and not s["errors"]]
         best = max(within, key=lambda s: s["rps"]) if within else None
         ramp["sides"][mode] = {"steps": steps, "capacity": best}
     return ramp
@@ -304,19 +311,21 @@ def _check_redis(url: str) -> str | None:
 
 
 def _clean_redis(url: str, run_id: str) -> None:
-    """Delete this run's keys (both phases' namespaces start with the run id)."""
+    """Delete this run's keys: they start with ``<run id>:``, or ``{<run id>:`` for the
+    cluster-slot (hash-tagged) tag keys."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
-        batch = []
-        for key in client.scan_iter(match=f"*{run_id}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
+        for pattern in (f"{run_id}:*", f"{{{run_id}:*"):
+            batch = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
                 client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
     finally:
         client.close()
 
@@ -336,23 +345,32 @@ def _prepare_database(args: argparse.Namespace, console: Any) -> str:
         _close_django()
         return str(args.database)
     path = (
-        args.data_dir / f"demo-s{dataset.SCHEMA_VERSION}-{args.users}-users.sqlite3"
-        if args.data_dir
-        else dataset.default_sqlite_path(args.users)
+        (
+            args.data_dir / f"demo-s{dataset.SCHEMA_VERSION}-{args.users}-users.sqlite3"
+            if args.data_dir
+            else dataset.default_sqlite_path(args.users)
+        )
+        .expanduser()
+        .resolve()
     )
     if path.exists():
-        return f"sqlite://{path}"
+        return _sqlite_url(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".building")
     for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
         leftover.unlink(missing_ok=True)
-    _setup_django(f"sqlite://{partial}")
+    _setup_django(_sqlite_url(partial))
     _build(console, args.users, str(path))
     _close_django()
     os.replace(partial, path)
     for side in ("-wal", "-shm"):
         Path(f"{partial}{side}").unlink(missing_ok=True)
-    return f"sqlite://{path}"
+    return _sqlite_url(path)
+
+
+def _sqlite_url(path: Path) -> str:
+    """``sqlite:///abs/path``, with the path quoted (``?``, ``#`` and ``%`` included)."""
+    return "sqlite://" + quote(str(path))
 
 
 def _build(console: Any, users: int, where: str) -> None:

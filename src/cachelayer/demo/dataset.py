@@ -145,13 +145,14 @@ def build(users: int, progress: Callable[[int], None]) -> None:
                     progress(BATCH)
         flush(cursor)
         progress(done % BATCH)
+        for sql in connection.ops.sequence_reset_sql(no_style(), models):
+            cursor.execute(sql)
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA journal_mode=WAL")  # not inside a transaction
+        cursor.execute("ANALYZE")
+        # Last: the mark that the build is complete.
         cursor.execute(
             "INSERT INTO demo_meta (name, value) VALUES (%s, %s)",
             ["build", f"s{SCHEMA_VERSION}-{users}"],
         )
-    with connection.cursor() as cursor:
-        for sql in connection.ops.sequence_reset_sql(no_style(), models):
-            cursor.execute(sql)
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("ANALYZE")

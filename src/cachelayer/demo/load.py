@@ -37,6 +37,10 @@ class Zipf:
         return self.ids[min(rank, len(self.ids) - 1)]
 
 
+#: Seconds a request may take before it counts as an error (and its connection is closed).
+REQUEST_TIMEOUT = 30.0
+
+
 class Versions:
     """The newest version of each user whose write has completed (its response received).
 
@@ -164,14 +168,18 @@ async def drive(
     seconds: float,
     warmup: float = 1.0,
     tick: Callable[[float, int], None] | None = None,
+    rng: random.Random | None = None,
 ) -> Result:
     """Run ``concurrency`` closed-loop clients for ``warmup + seconds``.
 
     With ``workload=None`` every request is ``GET /ping`` (the framework floor).
-    ``tick(elapsed, requests)`` is called about once a second.
+    ``tick(elapsed, requests)`` is called about once a second. ``rng`` draws the
+    requests (default: a new one seeded with the workload's seed); pass one to go on
+    with a sequence across runs instead of replaying it.
     """
     zipf = Zipf(workload.users, workload.zipf_s, workload.seed) if workload else None
-    rng = random.Random(workload.seed if workload else 0)
+    if rng is None:
+        rng = random.Random(workload.seed if workload else 0)
     versions = Versions()
     result = Result(concurrency, seconds, {"read": [], "write": [], "ping": []})
     start = time.perf_counter()
@@ -195,25 +203,32 @@ async def drive(
                         floor = versions.floor(user_id)
                     sent = time.perf_counter()
                 try:
-                    status, payload = await conn.request(head, body)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    status, payload = await asyncio.wait_for(
+                        conn.request(head, body), REQUEST_TIMEOUT
+                    )
+                except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.TimeoutError):
+                    conn.close()
                     status, payload = 0, b""
                 done = time.perf_counter()
                 answered[0] += 1
                 measured = sent >= measure_from
-                if status != 200:
+                data = None
+                try:
+                    data = orjson.loads(payload) if status == 200 else None
+                    good = data is not None and (kind == "ping" or data["id"] == user_id)
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    good = False
+                if not good:
                     result.errors += measured
+                    if status == 0:
+                        await asyncio.sleep(0.05)  # the server is gone or stuck: no spin
                     continue
+                assert data is not None
                 if kind == "write":
-                    versions.wrote(user_id, orjson.loads(payload)["version"])
-                elif kind == "read":
-                    data = orjson.loads(payload)
-                    if data["id"] != user_id:
-                        result.errors += measured
-                        continue
-                    if measured and floor:
-                        result.reads_after_write += 1
-                        result.stale += data["version"] < floor
+                    versions.wrote(user_id, data["version"])
+                elif kind == "read" and measured and floor:
+                    result.reads_after_write += 1
+                    result.stale += data["version"] < floor
                 if measured:
                     result.latencies[kind].append(done - sent)
         finally:
@@ -230,7 +245,10 @@ async def drive(
             if not measuring:
                 step = min(step, measure_from - now)
             await asyncio.sleep(max(0.0, step))
-            current = await server_counters(host, port)
+            try:
+                current = await asyncio.wait_for(server_counters(host, port), REQUEST_TIMEOUT)
+            except (OSError, RuntimeError, ValueError, asyncio.TimeoutError):
+                continue  # a missed sample; the clients count the failures
             now = time.perf_counter()
             if not measuring and now >= measure_from:
                 measuring, first = True, current

@@ -17,7 +17,7 @@ ORDER = ("floor", "none", "naive", "cachelayer")
 
 def _stale(p: dict[str, Any]) -> str:
     if not p["reads_after_write"]:
-        return f"{p['stale_reads']}"
+        return str(p["stale_reads"])
     share = 100 * p["stale_reads"] / p["reads_after_write"]
     return f"{p['stale_reads']} ({share:.1f}%)"
 
@@ -42,6 +42,11 @@ ROWS: list[tuple[str, Any]] = [
 ]
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, or 0 when b is 0 (a phase with no successful request)."""
+    return a / b if b else 0.0
+
+
 def ratios(results: dict[str, Any]) -> list[tuple[str, str, float]]:
     """(phase, measure, ratio) against no cache, and each cached p50 against the floor."""
     phases = results["phases"]
@@ -52,13 +57,12 @@ def ratios(results: dict[str, Any]) -> list[tuple[str, str, float]]:
         if p is None:
             continue
         if base:
-            out.append((name, "throughput vs no cache", p["rps"] / base["rps"]))
-            out.append((name, "p50 cut vs no cache", base["p50_ms"] / p["p50_ms"]))
-            out.append((name, "p99 cut vs no cache", base["p99_ms"] / p["p99_ms"]))
+            out.append((name, "throughput vs no cache", _ratio(p["rps"], base["rps"])))
+            out.append((name, "p50 cut vs no cache", _ratio(base["p50_ms"], p["p50_ms"])))
+            out.append((name, "p99 cut vs no cache", _ratio(base["p99_ms"], p["p99_ms"])))
         if "floor" in phases:
-            out.append(
-                (name, "p50 / framework floor p50", p["p50_ms"] / phases["floor"]["p50_ms"])
-            )
+            floor = phases["floor"]["p50_ms"]
+            out.append((name, "p50 / framework floor p50", _ratio(p["p50_ms"], floor)))
     return out
 
 
@@ -70,15 +74,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
     if c is None:
         return out
     if none:
-        cut50, cut99 = none["p50_ms"] / c["p50_ms"], none["p99_ms"] / c["p99_ms"]
+        cut50 = _ratio(none["p50_ms"], c["p50_ms"])
+        cut99 = _ratio(none["p99_ms"], c["p99_ms"])
         out.append(("p50 cut >= 5x vs no cache", cut50 >= 5, f"{cut50:.1f}x"))
         out.append(("p99 cut >= 5x vs no cache", cut99 >= 5, f"{cut99:.1f}x"))
     if naive:
-        ratio = c["rps"] / naive["rps"]
+        ratio = _ratio(c["rps"], naive["rps"])
         out.append(("throughput >= the story's code", ratio >= 1, f"{ratio:.2f}x"))
     if floor:
-        ratio = c["p50_ms"] / floor["p50_ms"]
-        out.append(("p50 within 1.5x of the framework floor", ratio <= 1.5, f"{ratio:.2f}x"))
+        ratio = _ratio(c["p50_ms"], floor["p50_ms"])
+        out.append(("p50 within 1.5x of the framework floor", 0 < ratio <= 1.5, f"{ratio:.2f}x"))
     out.append(("0 stale reads", c["stale_reads"] == 0, str(c["stale_reads"])))
     out.append(("0 errors", c["errors"] == 0, str(c["errors"])))
     return out
@@ -149,6 +154,10 @@ def print_ramp(console: Any, results: dict[str, Any]) -> None:
         for side, cap in caps.items():
             if side != "none":
                 console.print(f"  {TITLES[side]}: {cap / caps['none']:.1f}x the uncached capacity")
+        if "cachelayer" in caps:
+            ok = caps["cachelayer"] >= 5 * caps["none"]
+            mark = "[green]met[/]" if ok else "[red]not met[/]"
+            console.print(f"  {mark:<20} cachelayer capacity >= 5x the uncached capacity")
 
 
 # -- HTML ------------------------------------------------------------------------------------

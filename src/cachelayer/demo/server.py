@@ -54,7 +54,11 @@ class Server:
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             command, env=env, pass_fds=[sock.fileno()], stdout=self._log, stderr=self._log
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()  # stop what we started, close the socket and the log
+            raise
         return self
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -73,14 +77,16 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.1)
-        self.__exit__()
-        raise ServerError(f"the demo server did not answer within {timeout:.0f} s")
+        raise ServerError(
+            f"the demo server did not answer within {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.seek(0)
         return "\n".join(self._log.read().decode(errors="replace").splitlines()[-lines:])
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the server (its own pid only), then close the socket and the log."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
