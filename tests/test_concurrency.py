@@ -400,6 +400,29 @@ def test_follower_does_not_share_a_cached_error_a_write_made_obsolete(
     assert follower.result(WAIT) == "Ada"
 
 
+def test_tagged_waiter_takes_over_when_a_tag_moves_after_the_holders_fill(
+    cache_factory: Any, pool: Any
+) -> None:
+    """A waiter for a tagged key whose holder filled a value a write has since made
+    obsolete takes the free lease and loads, instead of polling out its lease_wait
+    (the demo saw 1 s stalls on hot profiles)."""
+    a = cache_factory()
+    b = cache_factory(lease_wait=60.0)  # far longer than this test may take
+    db = {"user:1": "v1"}
+    loader = BlockingLoader(db, "user:1")
+    first = pool.submit(a.get_or_load, "profile:1", loader, tags=["user:1"])
+    assert loader.entered.wait(WAIT)  # a holds the lease and has read v1
+    second = pool.submit(b.get_or_load, "profile:1", lambda: db["user:1"], tags=["user:1"])
+    until(lambda: b.stats.misses == 1, "b to miss and wait for a's fill")
+    db["user:1"] = "v2"
+    assert b.invalidate_tags("user:1") is True  # a's coming fill is obsolete already
+    loader.release.set()
+    assert first.result(WAIT) == "v1"
+    assert second.result(WAIT) == "v2"
+    assert b.stats.lease_timeouts == 0
+    assert b.get_or_load("profile:1", lambda: "unused", tags=["user:1"]) == "v2"  # b filled
+
+
 def test_waiter_takes_over_when_the_holders_lease_is_voided(cache_factory: Any, pool: Any) -> None:
     """An invalidation voids the holder's lease: the waiter loads and fills at once
     instead of polling out its whole lease_wait."""

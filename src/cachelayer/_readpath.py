@@ -385,6 +385,17 @@ def read_through(
                 if entry is not None:
                     stats.lease_waits += 1
                     return (yield from _serve(entry, options))
+                if tag_keys:
+                    # No usable value: the holder's fill has not landed, or it landed and
+                    # a tag moved since (a write), so no fill will come. Take the lease
+                    # if the holder is done with it, and load under the tokens just read.
+                    mine = os.urandom(16)
+                    got = yield ("add", lease, mine, cache.lease_ttl)
+                    if got is FAILED:
+                        break
+                    if got is True:
+                        token, tokens = mine, tokens2
+                        break
             else:
                 stats.lease_timeouts += 1
             # Without the lease we load without filling: our load may predate an

@@ -205,5 +205,12 @@ def ping(request: HttpRequest) -> HttpResponse:
 
 
 def stats(request: HttpRequest) -> HttpResponse:
-    """Counters for the load driver (not counted as requests)."""
-    return JsonResponse(COUNTERS.snapshot())
+    """Counters for the load driver (not counted as requests); in the cachelayer phase,
+    the Cache's own counters too, prefixed ``cache_`` (lease waits, flight joins, ...)."""
+    counts = COUNTERS.snapshot()
+    if settings.MODE == "cachelayer":
+        from cachelayer.django import get_cache
+
+        snapshot = get_cache().stats.snapshot()
+        counts.update({f"cache_{k}": v for k, v in snapshot.items() if k != "hit_ratio_permille"})
+    return JsonResponse(counts)
