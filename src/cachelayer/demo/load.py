@@ -80,10 +80,6 @@ class Result:
     timeline: list[dict[str, float]] = dataclasses.field(default_factory=list)
     server: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    @property
-    def requests(self) -> int:
-        return sum(len(v) for v in self.latencies.values())
-
 
 class Connection:
     """One keep-alive HTTP/1.1 connection to the server."""
