@@ -136,6 +136,13 @@ def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "cannot reach" in proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [*DEMO, "--users", "0", "--duration", "-1", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--users 0: must be at least 1" in proc.stdout
+    assert "--duration -1.0: must be > 0" in proc.stdout
 
 
 def test_versions_floor_is_the_newest_completed_write() -> None:

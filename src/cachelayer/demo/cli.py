@@ -66,14 +66,28 @@ def main(args: argparse.Namespace) -> int:
     if bad or not phases:
         console.print(f"[red]--phases: unknown phase {bad!r}; use none, naive, cachelayer")
         return 2
-    if not 0 <= args.writes < 1 or args.users < 1 or args.concurrency < 1:
-        console.print("[red]--writes must be in [0, 1), --users and --concurrency >= 1")
+    problems = [
+        f"{flag} {value!r}: {rule}"
+        for flag, value, ok, rule in (
+            ("--writes", args.writes, 0 <= args.writes < 1, "must be in [0, 1)"),
+            ("--users", args.users, args.users >= 1, "must be at least 1"),
+            ("--concurrency", args.concurrency, args.concurrency >= 1, "must be at least 1"),
+            ("--threads", args.threads, args.threads >= 1, "must be at least 1"),
+            ("--duration", args.duration, args.duration > 0, "must be > 0"),
+            ("--warmup", args.warmup, args.warmup >= 0, "must be >= 0"),
+            ("--ramp-step", args.ramp_step, args.ramp_step > 0, "must be > 0"),
+            ("--zipf", args.zipf, args.zipf > 0, "must be > 0"),
+        )
+        if not ok
+    ]
+    if problems:
+        for problem in problems:
+            console.print(f"[red]{problem}")
         return 2
-    if args.redis:
-        problem = _check_redis(args.redis)
-        if problem:
-            console.print(f"[red]--redis {args.redis}: {problem}")
-            return 2
+    unreachable = _check_redis(args.redis) if args.redis else None
+    if unreachable:
+        console.print(f"[red]--redis {args.redis}: {unreachable}")
+        return 2
     database = _prepare_database(args, console)
     store = args.redis or "memory://"
     run_id = f"cldemo{os.getpid()}x{int(time.time()) % 100000}"
