@@ -420,7 +420,7 @@ def test_tagged_waiter_takes_over_when_a_tag_moves_after_the_holders_fill(
     assert first.result(WAIT) == "v1"
     assert second.result(WAIT) == "v2"
     assert b.stats.lease_timeouts == 0
-    assert b.get_or_load("profile:1", lambda: "unused", tags=["user:1"]) == "v2"  # b filled
+    assert b.stats.fills == 1  # b loaded under the lease it took over, and filled
 
 
 def test_waiter_takes_over_when_the_holders_lease_is_voided(cache_factory: Any, pool: Any) -> None:
