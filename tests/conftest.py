@@ -111,3 +111,18 @@ def private_redis() -> Iterator[RedisServer]:
     """A Redis server of this test's own, which the test may stop and restart."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def least_privilege_url(private_redis: RedisServer) -> str:
+    """A URL for the Redis user docs/guide.md lists: namespace ``shop``'s keys only, and
+    only the commands cachelayer sends."""
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.execute_command(
+        "ACL", "SETUSER", "app", "reset", "on", ">app-pw",
+        "~shop:*", "~{shop:*",
+        "+get", "+mget", "+set", "+del", "+unlink", "+scan", "+ping",
+        "+evalsha", "+eval", "+script|load", "+script|exists",
+    )  # fmt: skip
+    admin.close()
+    return f"redis://app:app-pw@127.0.0.1:{private_redis.port}/0"

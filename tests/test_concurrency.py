@@ -174,7 +174,7 @@ def test_followers_do_not_take_a_refused_fill(cache: Cache, pool: Any) -> None:
     leader = pool.submit(cache.get_or_load, "k", loader)
     assert loader.entered.wait(WAIT)
     follower = pool.submit(cache.get_or_load, "k", lambda: db["k"])
-    until(lambda: cache.stats.misses == 2, "the follower to miss and join")
+    until(lambda: followers(cache) == 1, "the follower to join the leader's flight")
     db["k"] = "v2"
     cache.invalidate("k")  # the follower started before this returned, but ...
     loader.release.set()

@@ -24,16 +24,9 @@ def _exercise(cache: Cache) -> None:
     assert cache.stats.invalidation_errors == 0
 
 
-def test_least_privilege_acl_user(private_redis: RedisServer) -> None:
+def test_least_privilege_acl_user(least_privilege_url: str) -> None:
     """A user limited to its namespace's keys and the commands listed in the docs works."""
-    admin = redis.Redis.from_url(private_redis.url)
-    admin.execute_command(
-        "ACL", "SETUSER", "app", "reset", "on", ">app-pw",
-        "~shop:*", "~{shop:*",
-        "+get", "+mget", "+set", "+del", "+unlink", "+scan", "+ping",
-        "+evalsha", "+eval", "+script|load", "+script|exists",
-    )  # fmt: skip
-    url = f"redis://app:app-pw@127.0.0.1:{private_redis.port}/0"
+    url = least_privilege_url
     cache = Cache(url, namespace="shop", breaker=CircuitBreaker(threshold=0))
     _exercise(cache)
     # The same user cannot touch another namespace: the ACL is what contains it.
@@ -42,7 +35,6 @@ def test_least_privilege_acl_user(private_redis: RedisServer) -> None:
     assert other.stats.store_errors == 1
     cache.close()
     other.close()
-    admin.close()
 
 
 def test_unix_socket(tmp_path: object) -> None:

@@ -27,7 +27,7 @@ from django.views.decorators.cache import cache_page
 
 from cachelayer import CircuitBreaker, StoreUnavailable
 from cachelayer.django import CacheBackend
-from cachelayer.testing import RedisServer, free_port
+from cachelayer.testing import free_port
 from tests.conftest import FakeClock
 
 BACKEND = "cachelayer.django.CacheBackend"
@@ -705,17 +705,10 @@ def test_on_error_raise_raises_store_unavailable(dead_location: str) -> None:
         backend.cache.close()
 
 
-def test_least_privilege_acl_user_is_enough(private_redis: RedisServer) -> None:
+def test_least_privilege_acl_user_is_enough(least_privilege_url: str) -> None:
     """Every backend operation runs as the Redis user docs/guide.md lists (its namespace's
     keys; GET, SET, DEL, scripts...): the backend needs no further command."""
-    admin = redis.Redis.from_url(private_redis.url)
-    admin.execute_command(
-        "ACL", "SETUSER", "app", "reset", "on", ">app-pw",
-        "~shop:*", "~{shop:*",
-        "+get", "+mget", "+set", "+del", "+unlink", "+scan", "+ping",
-        "+evalsha", "+eval", "+script|load", "+script|exists",
-    )  # fmt: skip
-    url = f"redis://app:app-pw@127.0.0.1:{private_redis.port}/0?socket_timeout=2"
+    url = f"{least_privilege_url}?socket_timeout=2"
     backend = CacheBackend(url, {"OPTIONS": {"namespace": "shop", "on_error": "raise"}})
     try:
         backend.set("k", 1, timeout=60)
@@ -732,7 +725,6 @@ def test_least_privilege_acl_user_is_enough(private_redis: RedisServer) -> None:
         assert backend.get("k") is None
     finally:
         backend.cache.close()
-        admin.close()
 
 
 # -- async ----------------------------------------------------------------------------------------

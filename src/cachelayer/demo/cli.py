@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from .._cache import _redact
+
 PHASES = ("none", "naive", "cachelayer")
 TITLES = {
     "floor": "framework floor (no DB, no cache)",
@@ -62,13 +64,11 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console(stderr=False, highlight=False)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    bad = [p for p in phases if p not in PHASES]
-    if bad or not phases:
-        console.print(f"[red]--phases: unknown phase {bad!r}; use none, naive, cachelayer")
-        return 2
+    known = bool(phases) and all(p in PHASES for p in phases)
     problems = [
         f"{flag} {value!r}: {rule}"
         for flag, value, ok, rule in (
+            ("--phases", args.phases, known, "a comma-separated subset of none,naive,cachelayer"),
             ("--writes", args.writes, 0 <= args.writes < 1, "must be in [0, 1)"),
             ("--users", args.users, args.users >= 1, "must be at least 1"),
             ("--concurrency", args.concurrency, args.concurrency >= 1, "must be at least 1"),
@@ -303,11 +303,6 @@ def _cpu(server: dict[str, int]) -> dict[str, float]:
             out[k] = round(server[f"cpu_us_{k}"] / server[f"n_{k}"] / 1000, 3)
             out[f"{k}_share"] = round(server[f"n_{k}"] / count, 4)
     return out
-
-
-def _redact(url: str) -> str:
-    password = urlsplit(url).password
-    return url.replace(f":{password}@", ":***@") if password else url
 
 
 def _check_redis(url: str) -> str | None:
