@@ -225,9 +225,10 @@ class ModelInvalidation:
         """Merge ``values`` into the instance's old values."""
         instance.__dict__.setdefault(_SNAPSHOTS, {}).setdefault(self._uid, {}).update(values)
 
+    # The handlers below are connected for the rule's own senders only (``_listen``).
+
     def _initialised(self, sender: type[Model], instance: Model, **kwargs: Any) -> None:
-        if issubclass(sender, self.model):
-            instance.__dict__.setdefault(_SNAPSHOTS, {})[self._uid] = self._values(instance)
+        instance.__dict__.setdefault(_SNAPSHOTS, {})[self._uid] = self._values(instance)
 
     def _load_deferred(self, instance: Model, using: str) -> None:
         """Read the tracked fields the instance deferred, in one query (the row must still
@@ -257,8 +258,6 @@ class ModelInvalidation:
         update_fields: frozenset[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not issubclass(sender, self.model):
-            return
         tags, keys = self.targets(instance)
         if not created:
             old_tags, old_keys = self._old_targets(instance)
@@ -275,8 +274,6 @@ class ModelInvalidation:
 
     def _deleting(self, sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
         """Compute the targets while the row exists; ``_deleted`` schedules them."""
-        if not issubclass(sender, self.model):
-            return
         tags: list[str] = []
         keys: list[str] = []
         try:
@@ -319,8 +316,6 @@ class ModelInvalidation:
         return out
 
     def _deleted(self, sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
-        if not issubclass(sender, self.model):
-            return
         tags, keys = instance.__dict__.get(_DELETING, {}).pop(self._uid, ([], []))
         try:
             self._schedule(using, tags, keys)
