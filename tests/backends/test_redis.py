@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import threading
+import time
+import uuid
+import warnings
+
 import redis
 
 from cachelayer import Cache, CircuitBreaker
@@ -63,7 +70,8 @@ def test_url_query_overrides_timeouts(redis_url: str) -> None:
     tuned = RedisStore(redis_url + "?socket_timeout=1.5")
     assert default._pool.connection_kwargs["socket_timeout"] == 0.05
     assert tuned._pool.connection_kwargs["socket_timeout"] == 1.5
-    assert default._pool.connection_kwargs["retry"].get_retries() == 0
+    retry = default._pool.connection_kwargs["retry"]
+    assert getattr(retry, "get_retries", lambda: retry._retries)() == 0  # redis-py 5.0: none
     default.close()
     tuned.close()
 
@@ -123,4 +131,73 @@ def test_a_failed_get_drops_its_connection(private_redis: RedisServer) -> None:
     assert len(store._idle) == 0
     private_redis.start()
     assert store.get("k") is None  # a new connection
+    store.close()
+
+
+def _connections_named(client: redis.Redis, name: str) -> int:
+    return sum(1 for c in client.client_list() if c.get("name") == name)
+
+
+def _wait_connections(client: redis.Redis, name: str, count: int) -> int:
+    """Poll CLIENT LIST until ``count`` connections carry ``name`` (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while (seen := _connections_named(client, name)) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return seen
+
+
+def test_async_face_keeps_one_client_per_loop(redis_url: str, redis_client: redis.Redis) -> None:
+    """Threads that each run their own event loop get one client each, closed with it."""
+    name = "perloop" + uuid.uuid4().hex[:8]
+    store = RedisStore(redis_url, socket_timeout=2.0, client_name=name)
+    astore = store.asynchronous()
+    barrier = threading.Barrier(2)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    async def work(n: int) -> None:
+        barrier.wait()  # both loops now run at once, their calls interleaved
+        for i in range(300):
+            assert await astore.get(f"{name}:{n}:{i % 7}") is None
+        barrier.wait()  # both loops are alive here: one connection each
+        if n == 0:
+            seen.append(_connections_named(redis_client, name))
+        barrier.wait()
+
+    def thread(n: int) -> None:
+        try:
+            asyncio.run(work(n))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert astore.clients.built == 2  # type: ignore[attr-defined]
+    assert seen == [2]
+    assert _wait_connections(redis_client, name, 0) == 0  # asyncio.run closed both
+    store.close()
+
+
+def test_async_client_of_an_abandoned_loop_is_released(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A loop closed without shutting down its async generators has its connections
+    shut down (without the loop) once another loop uses the store."""
+    name = "perloop" + uuid.uuid4().hex[:8]
+    store = RedisStore(redis_url, socket_timeout=2.0, client_name=name)
+    astore = store.asynchronous()
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(astore.get(name)) is None
+    loop.close()
+    assert _connections_named(redis_client, name) == 1
+    with warnings.catch_warnings():  # the old transports are collected without their loop
+        warnings.simplefilter("ignore", ResourceWarning)
+        asyncio.run(astore.get(name))  # builds a client for this loop, releases the old one
+        assert _wait_connections(redis_client, name, 0) == 0
+        del loop
+        gc.collect()
     store.close()

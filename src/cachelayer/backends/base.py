@@ -3,15 +3,18 @@
 A store knows nothing of codecs, policies or namespaces: the Cache hands it finished
 keys and envelope bytes. Every store comes in two faces with the same method names: a
 :class:`Store` for sync code and an :class:`AsyncStore` (``store.asynchronous()``) for
-asyncio code, over the same data. The contract suite in ``tests/backends`` pins what each
-method must do; a new store passes it before it is used.
+asyncio code, over the same data. The contract suite shipped in
+:mod:`cachelayer.testing_contract` pins what each method must do; a new store passes it
+before it is used (docs/stores.md).
 
-TTLs are seconds (``float``); ``None`` means no expiry. A TTL is always > 0.
+TTLs are seconds (``float``); ``None`` means no expiry. A TTL is always > 0. Every
+method that names several keys in one atomic step touches one key and keys derived
+from it (its lease), which share a cluster slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = ["AsyncStore", "Store", "SyncAsAsync"]
@@ -65,6 +68,47 @@ class Store(Protocol):
         ``key`` and delete ``lease``; ``True`` if stored."""
         ...
 
+    def swap(
+        self,
+        key: str,
+        expected: bytes | None,
+        value: bytes,
+        ttl: float | None,
+        void: str | None = None,
+        keep_ttl: bool = False,
+    ) -> bool:
+        """Compare-and-set: atomically, if ``key`` holds exactly ``expected`` (``None``:
+        if it is absent), store ``value`` and delete the key ``void``.
+
+        Args:
+            key: the key to write.
+            expected: the bytes ``key`` must hold now, or ``None`` for "absent".
+            value: the new value.
+            ttl: seconds the new value lives (``None``: no expiry); ignored with
+                ``keep_ttl``.
+            void: a key to delete in the same step (the key's lease), or ``None``.
+            keep_ttl: keep the expiry ``key`` has now (none if it was absent).
+
+        Returns:
+            ``True`` if the value was stored, ``False`` if ``key`` held something else.
+        """
+        ...
+
+    def delete_if(self, key: str, token: bytes) -> bool:
+        """Atomically delete ``key`` only if it holds exactly ``token`` (a lock's release
+        by its owner); ``True`` if it was deleted."""
+        ...
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        """Every key that matches the Redis glob ``pattern``, walked incrementally.
+
+        The pattern language is Redis's: ``*`` any run of characters, ``?`` one character,
+        ``[abc]``, ``[a-z]`` and ``[^a]`` classes, ``\\`` makes the next character literal.
+        A key present for the whole walk is returned at least once; a key written or
+        deleted during it may or may not be, and a key may come twice (Redis ``SCAN``).
+        """
+        ...
+
     def clear(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix`` or ``"{" + prefix``; return a count."""
         ...
@@ -94,6 +138,17 @@ class AsyncStore(Protocol):
     async def fill(
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
     ) -> bool: ...
+    async def swap(
+        self,
+        key: str,
+        expected: bytes | None,
+        value: bytes,
+        ttl: float | None,
+        void: str | None = None,
+        keep_ttl: bool = False,
+    ) -> bool: ...
+    async def delete_if(self, key: str, token: bytes) -> bool: ...
+    def scan(self, pattern: str) -> AsyncIterator[str]: ...
     async def clear(self, prefix: str) -> int: ...
     async def close(self) -> None: ...
 
@@ -135,6 +190,24 @@ class SyncAsAsync:
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
     ) -> bool:
         return self._store.fill(key, value, ttl, lease, token)
+
+    async def swap(
+        self,
+        key: str,
+        expected: bytes | None,
+        value: bytes,
+        ttl: float | None,
+        void: str | None = None,
+        keep_ttl: bool = False,
+    ) -> bool:
+        return self._store.swap(key, expected, value, ttl, void, keep_ttl)
+
+    async def delete_if(self, key: str, token: bytes) -> bool:
+        return self._store.delete_if(key, token)
+
+    async def scan(self, pattern: str) -> AsyncIterator[str]:
+        for key in self._store.scan(pattern):
+            yield key
 
     async def clear(self, prefix: str) -> int:
         return self._store.clear(prefix)

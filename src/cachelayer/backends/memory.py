@@ -13,12 +13,12 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import ConfigurationError
 from .base import AsyncStore, Item, SyncAsAsync
 
-__all__ = ["MemoryStore", "parse_size"]
+__all__ = ["MemoryStore", "compile_glob", "parse_size"]
 
 # Bookkeeping per entry (dict slot, tuple, bytes header), charged against max_bytes so a
 # flood of tiny entries cannot exceed the budget by an order of magnitude.
@@ -46,6 +46,52 @@ def parse_size(text: str | int) -> int:
     if not match or unit is None:
         raise ConfigurationError(f"{text!r} is not a size (try 65536, '64MB' or '1GiB')")
     return int(float(match.group(1)) * unit)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """The regular expression that matches what the Redis glob ``pattern`` matches.
+
+    Redis's rules (``stringmatchlen``): ``*`` any run, ``?`` one character, ``[...]`` a
+    class with ranges (``[z-a]`` is ``[a-z]``), ``^`` first negates it, ``\\`` makes the
+    next character literal inside and outside classes, ``[]`` matches nothing, and an
+    unclosed ``[`` is a class that runs to the end. (Redis compares bytes, this
+    characters: ``?`` on a non-ASCII character is the one difference.)
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            i += negate
+            members: list[str] = []
+            while i < n and pattern[i] != "]":
+                if pattern[i] == "\\" and i + 1 < n:
+                    i += 1
+                    members.append(re.escape(pattern[i]))
+                elif i + 2 < n and pattern[i + 1] == "-":
+                    lo, hi = sorted((pattern[i], pattern[i + 2]))
+                    members.append(f"{re.escape(lo)}-{re.escape(hi)}")
+                    i += 2
+                else:
+                    members.append(re.escape(pattern[i]))
+                i += 1
+            if members:
+                out.append(f"[{'^' if negate else ''}{''.join(members)}]")
+            else:
+                out.append("." if negate else "(?!)")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
 
 
 class MemoryStore:
@@ -167,6 +213,40 @@ class MemoryStore:
             self._put(key, value, ttl, now)
             self._drop(lease)
             return True
+
+    def swap(
+        self,
+        key: str,
+        expected: bytes | None,
+        value: bytes,
+        ttl: float | None,
+        void: str | None = None,
+        keep_ttl: bool = False,
+    ) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self._live(key, now) != expected:
+                return False
+            if keep_ttl:
+                expires = self._data[key][1] if expected is not None else math.inf
+                ttl = None if expires == math.inf else expires - now
+            self._put(key, value, ttl, now)
+            if void is not None:
+                self._drop(void)
+            return True
+
+    def delete_if(self, key: str, token: bytes) -> bool:
+        with self._lock:
+            if self._live(key, self._clock()) != token:
+                return False
+            return self._drop(key)
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        match = compile_glob(pattern).fullmatch
+        with self._lock:
+            now = self._clock()
+            keys = [key for key, (_, expires) in self._data.items() if expires > now]
+        return (key for key in keys if match(key))
 
     def clear(self, prefix: str) -> int:
         with self._lock:
