@@ -403,8 +403,8 @@ def breakdown_variants(bench: Bench) -> list[Variant]:
 
     full = bench.get_user.key(USER_ID)
     store_get, raw_get, raw_key = cache.store.get, r.get, bench.raw_key
-    decode, key_of = cache._serializer.loads, bench.get_user.key
-    breaker, now_ms, stub_get = cache._breaker, cache._now_ms, stub.get
+    decode, key_of = cache.engine.serializer.loads, bench.get_user.key
+    breaker, now_ms, stub_get = cache.engine.runner.breaker, cache.engine.now_ms, stub.get
     payload, loads = bench.raw_bytes, orjson.loads
     pool = getattr(cache.store, "_pool", None)
 
@@ -424,7 +424,7 @@ def breakdown_variants(bench: Bench) -> list[Variant]:
         ("envelope", "Serializer.loads(entry): header+orjson", lambda: decode(envelope)),
         ("key", "key: get_user.key(42) (bind + template + prefix)", lambda: key_of(USER_ID)),
         ("breaker", "breaker.allow() + breaker.success()", breaker_pair),
-        ("clock", "cache._now_ms() (freshness clock)", now_ms),
+        ("clock", "engine.now_ms() (freshness clock)", now_ms),
         ("stub_get", "no-I/O store: cache.get(k)", lambda: stub_get(bench.key)),
         ("stub_hit", "no-I/O store: decorated hit (all our CPU)", lambda: stub_user(USER_ID)),
     ]

@@ -185,7 +185,7 @@ def test_get_or_load_unsupported_value_raises(cache: Cache) -> None:
 
 def test_corrupt_entry_is_a_miss_and_is_overwritten(cache: Cache) -> None:
     """Bytes that do not decode count as a miss: the loader runs and replaces them."""
-    full = cache._keys.full("k")
+    full = cache.engine.keys.full("k")
     cache.store.set(full, b"garbage", 60.0)
     assert cache.get("k", MISSING) is MISSING
     assert cache.get_or_load("k", lambda: "fresh") == "fresh"
@@ -196,7 +196,7 @@ def test_corrupt_entry_is_a_miss_and_is_overwritten(cache: Cache) -> None:
 def test_foreign_format_version_is_a_miss(cache: Cache) -> None:
     """An envelope of another format version is a miss, never an exception."""
     cache.set("k", 1)
-    full = cache._keys.full("k")
+    full = cache.engine.keys.full("k")
     raw = bytearray(cache.store.get(full) or b"")
     raw[2] = 99
     cache.store.set(full, bytes(raw), 60.0)
@@ -232,7 +232,7 @@ def test_compressed_values_roundtrip(cache_factory: Any) -> None:
     cache = cache_factory(compress_threshold=100)
     value = ["the same words again"] * 500
     cache.set("k", value)
-    raw = cache.store.get(cache._keys.full("k"))
+    raw = cache.store.get(cache.engine.keys.full("k"))
     assert raw is not None
     assert len(raw) < 2000
     assert cache.get("k") == value

@@ -261,8 +261,8 @@ def test_wait_is_bounded_then_loads_without_filling(cache_factory: Any, pool: An
 def test_crashed_lease_holder_blocks_nobody_past_lease_expiry(cache_factory: Any) -> None:
     """A lease whose holder died expires; then the next miss fills again."""
     cache = cache_factory(lease_ttl=0.2, lease_wait=0.0)
-    full = cache._keys.full("k")
-    from cachelayer._readpath import lease_key
+    full = cache.engine.keys.full("k")
+    from cachelayer._engine import lease_key
 
     cache.store.add(lease_key(full), b"dead-holder", 0.2)  # a holder that crashed
     assert cache.get_or_load("k", lambda: 1) == 1
@@ -357,7 +357,7 @@ def test_follower_does_not_share_a_load_whose_tag_was_invalidated_before_it_star
 
 def followers(cache: Cache) -> int:
     """Callers waiting in this cache's flights now (threads)."""
-    flights = cache._runner._flights._flights.values()
+    flights = cache.engine.runner._flights._flights.values()
     return sum(flight.followers for flight in flights)
 
 

@@ -272,7 +272,7 @@ def test_callable_key(cache: Cache) -> None:
         return f"hi {user_id} {lang}"
 
     assert greet(1) == "hi 1 en"
-    assert greet.key(1) == cache._keys.full("greeting:1:en")
+    assert greet.key(1) == cache.engine.keys.full("greeting:1:en")
     assert cache.get("greeting:1:en") == "hi 1 en"
 
 

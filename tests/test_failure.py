@@ -6,6 +6,7 @@ hanging server is a loopback socket that accepts connections and never replies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from cachelayer import Cache, CircuitBreaker, StoreUnavailable
+from cachelayer.backends import MemoryStore
 from cachelayer.backends.redis import RedisStore
 from cachelayer.testing import RedisServer
 from tests.conftest import FakeClock
@@ -72,7 +74,7 @@ def test_redis_stopped_mid_test_then_back(private_redis: RedisServer) -> None:
     results = [get_user(2) for _ in range(5)]
     assert len(calls) - loads_before <= 2  # at most a stale pooled connection's failure
     assert results[-1] == results[-2]  # hits again
-    assert cache._breaker.state == "closed"
+    assert cache.engine.runner.breaker.state == "closed"
     cache.close()
 
 
@@ -187,3 +189,91 @@ def test_store_error_logs_are_rate_limited(
     assert len(store_logs) == 1
     assert cache.stats.store_errors == 5
     cache.close()
+
+
+class BuggyStore(MemoryStore):
+    """A store whose get has a bug of our own (a wrong call), not a store failure."""
+
+    def get(self, key: str) -> bytes | None:
+        raise TypeError("get() missing 1 required positional argument: 'command_name'")
+
+
+def test_a_bug_in_our_code_raises_instead_of_failing_open() -> None:
+    """A TypeError from our own code is not a store failure: it reaches the caller, is
+    not counted as a store error and never opens the breaker (failing open would hide it
+    and silently switch the cache off)."""
+    cache = Cache(BuggyStore(), breaker=CircuitBreaker(threshold=2))
+    for _ in range(5):
+        with pytest.raises(TypeError, match="command_name"):
+            cache.get("k")
+    assert cache.stats.store_errors == 0
+    assert cache.engine.runner.breaker.state == "closed"
+
+
+async def test_a_bug_in_our_code_raises_on_the_async_face_too() -> None:
+    """The same through the async face."""
+    cache = Cache(BuggyStore(), breaker=CircuitBreaker(threshold=2))
+    for _ in range(3):
+        with pytest.raises(TypeError):
+            await cache.aget("k")
+    assert cache.engine.runner.breaker.state == "closed"
+    await cache.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_lone_surrogate_key_is_refused_and_never_trips_the_breaker(
+    kind: str, redis_url: str
+) -> None:
+    """A key with no UTF-8 form is bad input: a ValueError naming it, on every store,
+    before any store call; many of them leave the breaker closed and the cache on."""
+    store = MemoryStore() if kind == "memory" else RedisStore(redis_url, socket_timeout=2.0)
+    cache = Cache(store, namespace="surrogate", breaker=CircuitBreaker(threshold=2))
+    for _ in range(5):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            cache.get("user:\ud800")
+        with pytest.raises(ValueError, match="lone surrogate"):
+            cache.invalidate_tags("tag:\udfff")
+    assert cache.stats.store_errors == 0
+    assert cache.engine.runner.breaker.state == "closed"
+    cache.set("ok", 1)
+    assert cache.get("ok") == 1
+    cache.clear()
+    cache.close()
+
+
+def test_store_failures_are_still_failed_open(private_redis: RedisServer) -> None:
+    """The narrowed catch still covers what a failing Redis raises (redis-py's
+    ConnectionError is not an OSError): reads miss and nothing raises."""
+    cache = Cache(RedisStore(private_redis.url, socket_timeout=0.5), namespace="narrow")
+    private_redis.stop()
+    assert cache.get("k", "fallback") == "fallback"
+    assert cache.stats.store_errors == 1
+    cache.close()
+
+
+async def test_open_breaker_still_yields_to_the_event_loop(private_redis: RedisServer) -> None:
+    """With the breaker open, ``aget`` answers at once but still suspends: a task that
+    loops over cache reads does not starve the other tasks of its loop."""
+    cache = Cache(
+        RedisStore(private_redis.url, socket_timeout=0.5),
+        namespace="yields",
+        breaker=CircuitBreaker(threshold=1, cooldown=60.0),
+    )
+    private_redis.stop()
+    assert await cache.aget("k", "fallback") == "fallback"  # fails: the breaker opens
+    assert cache.engine.runner.breaker.state == "open"
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    for _ in range(200):
+        assert await cache.aget("k", "fallback") == "fallback"
+    task.cancel()
+    assert ticks >= 100
+    assert cache.stats.short_circuits == 200
+    await cache.aclose()

@@ -43,7 +43,7 @@ class Versioned:
 
 
 def settle(cache: Cache) -> None:
-    assert cache._refresher.wait_idle(10.0)
+    assert cache.engine.runner.refresher.wait_idle(10.0)
 
 
 def test_xfetch_refreshes_early_when_the_dice_say_so(cache_factory: Any) -> None:
@@ -169,11 +169,11 @@ async def test_async_stale_while_revalidate(
     assert await get() == 1
     clock.advance(20)
     assert await get() == 1
-    await cache._refresher.drain()
+    await cache.engine.runner.refresher.drain()
     assert await get() == 2
     await cache.aclear()
     await cache.aclose()
-    assert cache._refresher.pending == 0
+    assert cache.engine.runner.refresher.pending == 0
 
 
 # -- tags -----------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ async def test_async_refresh_after_write(acache: Cache) -> None:
 
     assert await team(1) == 1
     await team.ainvalidate(1)
-    await acache._refresher.drain()
+    await acache.engine.runner.refresher.drain()
     assert await acache.aget("team:1") == 2
     assert await team(1) == 2
     assert len(calls) == 2

@@ -16,6 +16,7 @@ from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._codecs import TypeRegistry
 from ._decorator import AsyncCachedFunction, CacheDecorator, CachedFunction
+from ._options import Fresh
 from ._policy import DEFAULT
 from .errors import CacheError, ConfigurationError, DecodeError, StoreUnavailable
 
@@ -48,6 +49,7 @@ __all__ = [
     "CircuitBreaker",
     "ConfigurationError",
     "DecodeError",
+    "Fresh",
     "StoreUnavailable",
     "TypeRegistry",
     "__version__",

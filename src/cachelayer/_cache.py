@@ -1,54 +1,38 @@
 """The Cache facade: keys, TTLs, values and failure handling over one store.
 
 Every public method comes as a sync/async pair (``get``/``aget``, ...). A pair shares
-all of its logic; only the store call differs (``_call`` blocks, ``_acall`` awaits).
-The cache-aside algorithm itself lives in ``_readpath.read_through`` and is driven by
-``_drive`` or ``_adrive``.
+all of its logic; only the store call differs (``call`` blocks, ``acall`` awaits).
+The Cache builds the :class:`~cachelayer._engine.Engine` every face shares (``engine``);
+the cache-aside algorithm itself lives in ``_readpath.read_through``, driven by the
+engine's ``drive`` or ``adrive``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
-from ._envelope import Entry, Serializer
+from ._engine import Engine, lease_key
+from ._envelope import Serializer
 from ._keys import KeyBuilder
+from ._options import ErrorPolicy, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
-from ._readpath import (
-    FAILED,
-    ErrorPolicy,
-    ReadOptions,
-    lease_key,
-    plain_get,
-    read_through,
-)
+from ._readpath import plain_get, read_through
+from ._redact import redact_url
 from ._runner import StoreRunner
-from ._stats import RateLimitedLog, Stats
+from ._stats import Stats
+from ._steps import FAILED, Clear, Delete, Set, SetMany
 from .backends import AsyncStore, Store, store_from_url
-from .errors import ConfigurationError, DecodeError
+from .errors import ConfigurationError
 
 __all__ = ["Cache"]
 
-log = logging.getLogger("cachelayer.cache")
-
 #: Tag keys live long enough to outlast any entry stamped with their token.
 DEFAULT_TAG_TTL = 30 * 86400.0
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class Cache:
@@ -115,11 +99,11 @@ class Cache:
         if not tag_ttl > 0:
             raise ConfigurationError(f"tag_ttl={tag_ttl!r} must be > 0")
         if isinstance(url, str):
-            self.url = _redact(url)
-            self._store: Store = store_from_url(url)
+            self.url = redact_url(url)
+            store: Store = store_from_url(url)
         elif isinstance(url, Store):
             self.url = type(url).__name__
-            self._store = url
+            store = url
         else:
             raise ConfigurationError(f"Cache() takes a URL or a store, not {url!r}")
         keys = (
@@ -127,27 +111,28 @@ class Cache:
             if signing_key is None or isinstance(signing_key, (bytes, str))
             else list(signing_key)
         )
-        self._serializer = Serializer(
-            codec, compress_threshold=compress_threshold, signing_key=keys
-        )
-        self._keys = KeyBuilder(namespace, version, max_key_length)
-        self._ttl = TtlPolicy(ttl, ttls, jitter, rng)
-        self._raise = on_error == "raise"
-        self._clock = clock
-        self._rng = rng
+        #: The counters of this Cache (also ``engine.stats``).
         self.stats = Stats()
-        self._log = RateLimitedLog(log)
-        self.lease_ttl = float(lease_ttl)
-        self.lease_wait = float(lease_wait)
-        self.tag_ttl = float(tag_ttl)
-        runner = StoreRunner(self._store, breaker or CircuitBreaker(), self.stats, refresh_workers)
-        self._runner = runner
-        self._breaker, self._refresher = runner.breaker, runner.refresher
-        self._call, self._acall = runner.call, runner.acall
-        self._drive, self._adrive = runner.drive, runner.adrive
+        runner = StoreRunner(store, breaker or CircuitBreaker(), self.stats, refresh_workers)
+        self.engine = Engine(
+            runner=runner,
+            serializer=Serializer(codec, compress_threshold=compress_threshold, signing_key=keys),
+            keys=KeyBuilder(namespace, version, max_key_length),
+            ttl=TtlPolicy(ttl, ttls, jitter, rng),
+            stats=self.stats,
+            clock=clock,
+            random=rng,
+            lease_ttl=float(lease_ttl),
+            lease_wait=float(lease_wait),
+            tag_ttl=float(tag_ttl),
+            raise_errors=on_error == "raise",
+        )
+        self.lease_ttl = self.engine.lease_ttl
+        self.lease_wait = self.engine.lease_wait
+        self.tag_ttl = self.engine.tag_ttl
 
     def __repr__(self) -> str:
-        return f"Cache({self.url!r}, namespace={self._keys.namespace!r})"
+        return f"Cache({self.url!r}, namespace={self.engine.keys.namespace!r})"
 
     # -- values ----------------------------------------------------------------------------
 
@@ -166,71 +151,9 @@ class Cache:
         ``dump`` must then record which class to rebuild, and ``load`` decide which it
         accepts. Every process that reads the entries must register the same name.
         """
-        self._serializer.registry.register(
+        self.engine.serializer.registry.register(
             cls, name=name, dump=dump, load=load, subclasses=subclasses
         )
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
-
-    def _encode(
-        self,
-        value: Any,
-        seconds: float | None,
-        duration_ms: int = 0,
-        negative: bool = False,
-        tags: Sequence[tuple[str, bytes]] = (),
-    ) -> bytes:
-        now = self._now_ms()
-        fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
-        return self._serializer.dumps(
-            value,
-            written_ms=now,
-            fresh_until_ms=fresh_until,
-            duration_ms=duration_ms,
-            negative=negative,
-            tags=tags,
-        )
-
-    @staticmethod
-    def _store_ttl(seconds: float | None, options: ReadOptions) -> float | None:
-        """How long the store keeps an entry: fresh time plus its stale window."""
-        return None if seconds is None else seconds + options.keep
-
-    def _log_refresh_error(self, exc: Exception) -> None:
-        self._log.log(
-            logging.WARNING,
-            "refresh",
-            "cachelayer: a background refresh failed (%s); the current value stays",
-            type(exc).__name__,
-        )
-
-    def _encode_negative(
-        self,
-        exc_type: type[BaseException],
-        exc: BaseException,
-        seconds: float | None,
-        tags: Sequence[tuple[str, bytes]] = (),
-    ) -> bytes:
-        stored = {"error": ErrorPolicy.name(exc_type), "args": list(exc.args)}
-        try:
-            return self._encode(stored, seconds, negative=True, tags=tags)
-        except TypeError:  # args the codec cannot store: keep the type, drop the args
-            stored["args"] = []
-            return self._encode(stored, seconds, negative=True, tags=tags)
-
-    def _decode(self, raw: bytes) -> Entry | None:
-        try:
-            return self._serializer.loads(raw)
-        except DecodeError as exc:
-            self.stats.decode_errors += 1
-            self._log.log(
-                logging.WARNING,
-                "decode",
-                "cachelayer: an entry did not decode (%s); treated as a miss",
-                exc,
-            )
-            return None
 
     # -- the API, sync and async pairs -------------------------------------------------------
 
@@ -240,39 +163,39 @@ class Cache:
         Raises:
             StoreUnavailable: only with ``on_error="raise"``, when the store fails.
         """
-        value = self._drive(plain_get(self, [self._keys.full(key)]), None, self._raise)[0]
+        e = self.engine
+        value = e.drive(plain_get(e, [e.keys.full(key)]), None, e.raise_errors)[0]
         return default if value is FAILED else value
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """``get`` for asyncio code."""
-        flow = plain_get(self, [self._keys.full(key)])
-        value = (await self._adrive(flow, None, self._raise))[0]
+        e = self.engine
+        value = (await e.adrive(plain_get(e, [e.keys.full(key)]), None, e.raise_errors))[0]
         return default if value is FAILED else value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys that hold a live value; one round trip."""
-        keys = list(keys)
+        e, keys = self.engine, list(keys)
         if not keys:
             return {}
-        values = self._drive(
-            plain_get(self, [self._keys.full(k) for k in keys]), None, self._raise
-        )
+        values = e.drive(plain_get(e, [e.keys.full(k) for k in keys]), None, e.raise_errors)
         return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``get_many`` for asyncio code."""
-        keys = list(keys)
+        e, keys = self.engine, list(keys)
         if not keys:
             return {}
-        flow = plain_get(self, [self._keys.full(k) for k in keys])
-        values = await self._adrive(flow, None, self._raise)
+        flow = plain_get(e, [e.keys.full(k) for k in keys])
+        values = await e.adrive(flow, None, e.raise_errors)
         return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
 
-    def _set_args(self, key: str, value: Any, ttl: TtlSpec) -> tuple[Any, ...]:
-        full = self._keys.full(key)
-        seconds = self._ttl.resolve(ttl)
-        self.stats.sets += 1
-        return (full, self._encode(value, seconds), seconds, lease_key(full))
+    def _set_step(self, key: str, value: Any, ttl: TtlSpec) -> Set:
+        e = self.engine
+        full = e.keys.full(key)
+        seconds = e.ttl.resolve(ttl)
+        e.stats.sets += 1
+        return Set(full, e.encode(value, seconds), seconds, lease_key(full))
 
     def set(self, key: str, value: Any, ttl: TtlSpec = DEFAULT) -> None:
         """Store ``value`` (any supported type, falsy ones included) for ``ttl`` seconds.
@@ -283,34 +206,30 @@ class Cache:
             TypeError: the value holds a type the codec cannot store exactly.
             StoreUnavailable: only with ``on_error="raise"``.
         """
-        self._call("set", self._set_args(key, value, ttl), self._raise)
+        self.engine.call(self._set_step(key, value, ttl), self.engine.raise_errors)
 
     async def aset(self, key: str, value: Any, ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for asyncio code."""
-        await self._acall("set", self._set_args(key, value, ttl), self._raise)
+        await self.engine.acall(self._set_step(key, value, ttl), self.engine.raise_errors)
 
-    def _set_many_args(self, mapping: Mapping[str, Any], ttl: TtlSpec) -> tuple[Any, ...]:
+    def _set_many_step(self, mapping: Mapping[str, Any], ttl: TtlSpec) -> SetMany:
         items, void = [], []
         for key, value in mapping.items():
-            full, payload, seconds, lease = self._set_args(key, value, ttl)
-            items.append((full, payload, seconds))
-            void.append(lease)
-        return (items, void)
+            one = self._set_step(key, value, ttl)
+            items.append((one.key, one.value, one.ttl))
+            void.append(lease_key(one.key))
+        return SetMany(items, void)
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for each item (each with its own jitter); one round trip."""
-        self._call("set_many", self._set_many_args(mapping, ttl), self._raise)
+        self.engine.call(self._set_many_step(mapping, ttl), self.engine.raise_errors)
 
     async def aset_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set_many`` for asyncio code."""
-        await self._acall("set_many", self._set_many_args(mapping, ttl), self._raise)
+        await self.engine.acall(self._set_many_step(mapping, ttl), self.engine.raise_errors)
 
-    def _delete_args(self, keys: Iterable[str], full: bool = False) -> tuple[list[str]]:
-        doomed: list[str] = []
-        for key in keys:
-            store_key = key if full else self._keys.full(key)
-            doomed += (store_key, lease_key(store_key))
-        return (doomed,)
+    def _delete_step(self, keys: Iterable[str]) -> Delete:
+        return self.engine.delete_step(self.engine.keys.full(key) for key in keys)
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` and void fills in flight for it; True if something was there.
@@ -318,12 +237,13 @@ class Cache:
         A failure is never raised (unless ``on_error="raise"``) but counted as
         ``invalidation_errors`` and logged at WARNING: the old value may live to its TTL.
         """
-        result = self._call("delete", self._delete_args([key]), self._raise, True)
+        result = self.engine.call(self._delete_step([key]), self.engine.raise_errors, True)
         return result is not FAILED and result > 0
 
     async def adelete(self, key: str) -> bool:
         """``delete`` for asyncio code."""
-        result = await self._acall("delete", self._delete_args([key]), self._raise, True)
+        step = self._delete_step([key])
+        result = await self.engine.acall(step, self.engine.raise_errors, True)
         return result is not FAILED and result > 0
 
     #: ``invalidate(key)``: the same as ``delete``, named for the write path.
@@ -332,17 +252,14 @@ class Cache:
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for each key in one step; returns how many store keys existed."""
-        result = self._call("delete", self._delete_args(keys), self._raise, True)
+        result = self.engine.call(self._delete_step(keys), self.engine.raise_errors, True)
         return 0 if result is FAILED else int(result)
 
     async def adelete_many(self, keys: Iterable[str]) -> int:
         """``delete_many`` for asyncio code."""
-        result = await self._acall("delete", self._delete_args(keys), self._raise, True)
+        step = self._delete_step(keys)
+        result = await self.engine.acall(step, self.engine.raise_errors, True)
         return 0 if result is FAILED else int(result)
-
-    def _tag_args(self, tags: Iterable[str]) -> tuple[Any, ...]:
-        items = [(self._keys.tag(tag), os.urandom(8), self.tag_ttl) for tag in tags]
-        return (items,)
 
     def invalidate_tags(self, *tags: str) -> bool:
         """Invalidate every entry cached with any of ``tags``, in O(1) per tag.
@@ -354,14 +271,15 @@ class Cache:
         """
         if not tags:
             return True
-        return self._call("set_many", self._tag_args(tags), self._raise, True) is not FAILED
+        step = self.engine.invalidate_tags_step(tags)
+        return self.engine.call(step, self.engine.raise_errors, True) is not FAILED
 
     async def ainvalidate_tags(self, *tags: str) -> bool:
         """``invalidate_tags`` for asyncio code."""
         if not tags:
             return True
-        result = await self._acall("set_many", self._tag_args(tags), self._raise, True)
-        return result is not FAILED
+        step = self.engine.invalidate_tags_step(tags)
+        return await self.engine.acall(step, self.engine.raise_errors, True) is not FAILED
 
     def invalidate_after_commit(
         self,
@@ -386,14 +304,6 @@ class Cache:
 
         on_commit(run)
 
-    def _invalidate_full(self, full: str) -> bool:
-        result = self._call("delete", self._delete_args([full], full=True), False, True)
-        return result is not FAILED and result > 0
-
-    async def _ainvalidate_full(self, full: str) -> bool:
-        result = await self._acall("delete", self._delete_args([full], full=True), False, True)
-        return result is not FAILED and result > 0
-
     def get_or_load(
         self,
         key: str,
@@ -416,8 +326,9 @@ class Cache:
         options = self._options(
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
-        tag_keys = [self._keys.tag(t) for t in tags]
-        return self._drive(read_through(self, self._keys.full(key), options, tag_keys), loader)
+        e = self.engine
+        tag_keys = [e.keys.tag(t) for t in tags]
+        return e.drive(read_through(e, e.keys.full(key), options, tag_keys), loader)
 
     async def aget_or_load(
         self,
@@ -435,9 +346,9 @@ class Cache:
         options = self._options(
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
-        tag_keys = [self._keys.tag(t) for t in tags]
-        flow = read_through(self, self._keys.full(key), options, tag_keys)
-        return await self._adrive(flow, loader)
+        e = self.engine
+        tag_keys = [e.keys.tag(t) for t in tags]
+        return await e.adrive(read_through(e, e.keys.full(key), options, tag_keys), loader)
 
     def _options(
         self,
@@ -448,7 +359,8 @@ class Cache:
         early_refresh: float,
         tagged: bool = False,
     ) -> ReadOptions:
-        seconds = self._ttl.check(ttl)
+        policy = self.engine.ttl
+        seconds = policy.check(ttl)
         options = ReadOptions(
             ttl,
             ErrorPolicy(cache_errors) if cache_errors else None,
@@ -456,7 +368,7 @@ class Cache:
             stale_if_error,
             early_refresh,
         )
-        longest = None if seconds is None else seconds * (1 + self._ttl.jitter) + options.keep
+        longest = None if seconds is None else seconds * (1 + policy.jitter) + options.keep
         if tagged and (longest is None or longest >= self.tag_ttl):
             raise ConfigurationError(
                 f"an entry with tags must expire well before tag_ttl={self.tag_ttl:.0f} s "
@@ -506,36 +418,38 @@ class Cache:
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
         return make_cached(
-            self, options, key=key, tags=tags, refresh_after_write=refresh_after_write
+            self.engine, options, key=key, tags=tags, refresh_after_write=refresh_after_write
         )
 
     def clear(self) -> int:
         """Delete every entry of this namespace and version; returns how many."""
-        result = self._call("clear", (self._keys.prefix,), self._raise, True)
+        step = Clear(self.engine.keys.prefix)
+        result = self.engine.call(step, self.engine.raise_errors, True)
         return 0 if result is FAILED else int(result)
 
     async def aclear(self) -> int:
         """``clear`` for asyncio code."""
-        result = await self._acall("clear", (self._keys.prefix,), self._raise, True)
+        step = Clear(self.engine.keys.prefix)
+        result = await self.engine.acall(step, self.engine.raise_errors, True)
         return 0 if result is FAILED else int(result)
 
     @property
     def store(self) -> Store:
         """The sync face of the store."""
-        return self._store
+        return self.engine.runner.store
 
     @property
     def astore(self) -> AsyncStore:
         """The asyncio face of the store."""
-        return self._runner.astore
+        return self.engine.runner.astore
 
     def close(self) -> None:
         """Finish background refreshes, then close the store's connections."""
-        self._runner.close()
+        self.engine.runner.close()
 
     async def aclose(self) -> None:
         """Cancel this loop's background refreshes, then close both faces' connections."""
-        await self._runner.aclose()
+        await self.engine.runner.aclose()
 
     def __enter__(self) -> Cache:
         return self

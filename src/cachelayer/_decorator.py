@@ -14,10 +14,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._keys import call_key_function
-from ._readpath import FRESH, Flow, ReadOptions, first_look, read_through, refresh
+from ._options import ReadOptions
+from ._readpath import FRESH, first_look, read_through, refresh
+from ._steps import FAILED, Flow, Get
 
 if TYPE_CHECKING:
-    from ._cache import Cache
+    from ._engine import Engine
 
 __all__ = ["AsyncCachedFunction", "CacheDecorator", "CachedFunction", "make_cached"]
 
@@ -78,7 +80,7 @@ class CacheDecorator(Protocol):
 
 
 def make_cached(
-    cache: Cache,
+    engine: Engine,
     options: ReadOptions,
     *,
     key: str | Callable[..., str] | None,
@@ -86,12 +88,15 @@ def make_cached(
     refresh_after_write: bool,
 ) -> CacheDecorator:
     """Build the decorator; validates everything it can before the first call."""
+    full = engine.keys.full
+    tag = engine.keys.tag
+    stats = engine.stats
+    call, acall, drive, adrive = engine.call, engine.acall, engine.drive, engine.adrive
+    refresher = engine.runner.refresher
 
     def decorate(func: Callable[..., Any]) -> Any:
         keyfn = call_key_function(func, key)
         tagfns = [call_key_function(func, t) for t in tags]
-        full = cache._keys.full
-        tag = cache._keys.tag
         is_async = inspect.iscoroutinefunction(func)
 
         def store_key(*args: Any, **kwargs: Any) -> str:
@@ -99,64 +104,62 @@ def make_cached(
 
         def flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Flow:
             tag_keys = [tag(fn(args, kwargs)) for fn in tagfns] if tagfns else ()
-            return read_through(cache, full(keyfn(args, kwargs)), options, tag_keys)
+            return read_through(engine, full(keyfn(args, kwargs)), options, tag_keys)
 
-        def warm_flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Flow]:
+        def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            """refresh_after_write: load the entry again in the background."""
             store = full(keyfn(args, kwargs))
-            return store, refresh(cache, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
+            warm = refresh(engine, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
+            loader = functools.partial(func, *args, **kwargs)
+            if is_async:
+                refresher.spawn(store, functools.partial(adrive, warm, loader))
+            else:
+                refresher.submit(store, functools.partial(drive, warm, loader))
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
-            done = cache._invalidate_full(full(keyfn(args, kwargs)))
+            done = call(engine.delete_step([full(keyfn(args, kwargs))]), False, True)
             if refresh_after_write and not is_async:  # async functions rewarm in ainvalidate
-                store, warm = warm_flow(args, kwargs)
-                loader = functools.partial(func, *args, **kwargs)
-                cache._refresher.submit(store, functools.partial(cache._drive, warm, loader))
-            return done
+                rewarm(args, kwargs)
+            return done is not FAILED and done > 0
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
-            done = await cache._ainvalidate_full(full(keyfn(args, kwargs)))
+            done = await acall(engine.delete_step([full(keyfn(args, kwargs))]), False, True)
             if refresh_after_write:
-                store, warm = warm_flow(args, kwargs)
-                loader = functools.partial(func, *args, **kwargs)
-                if is_async:
-                    cache._refresher.spawn(store, functools.partial(cache._adrive, warm, loader))
-                else:
-                    cache._refresher.submit(store, functools.partial(cache._drive, warm, loader))
-            return done
+                rewarm(args, kwargs)
+            return done is not FAILED and done > 0
 
         # Untagged calls read the key first and answer a plain fresh hit without starting
         # the read-path flow (one GET, one decode); anything else continues in the flow
         # with what was read. (Tagged calls read value and tokens together in the flow.)
-        stats = cache.stats
         wrapper: Any
         if is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if tagfns:
-                    return await cache._adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                    return await adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
-                raw = await cache._acall("get", (key,))
-                entry, state = first_look(cache, raw, None, options)
+                raw = await acall(Get(key))
+                entry, state = first_look(engine, raw, None, options)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value
-                rest = read_through(cache, key, options, (), (raw, entry, state))
-                return await cache._adrive(rest, lambda: func(*args, **kwargs))
+                rest = read_through(engine, key, options, (), (raw, entry, state))
+                return await adrive(rest, lambda: func(*args, **kwargs))
 
             wrapper = async_wrapper
         else:
 
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if tagfns:
-                    return cache._drive(flow(args, kwargs), lambda: func(*args, **kwargs))
+                    return drive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
-                raw = cache._call("get", (key,))
-                entry, state = first_look(cache, raw, None, options)
+                raw = call(Get(key))
+                entry, state = first_look(engine, raw, None, options)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value
-                rest = read_through(cache, key, options, (), (raw, entry, state))
-                return cache._drive(rest, lambda: func(*args, **kwargs))
+                rest = read_through(engine, key, options, (), (raw, entry, state))
+                return drive(rest, lambda: func(*args, **kwargs))
 
             wrapper = sync_wrapper
         functools.update_wrapper(wrapper, func)

@@ -106,10 +106,6 @@ class AsyncFlights:
 #: What a follower gets when it may not use the leader's outcome.
 UNTRUSTED = Flight(threading.Event())
 
-#: Store steps whose result a leader may publish: followers that join after one of them
-#: took effect are not covered by it.
-OUTCOME_STEPS = frozenset({"get", "get_many", "lease", "fill"})
-
 
 def wait_sync(flight: Flight, follower: int) -> Any:
     event = flight.event

@@ -136,6 +136,16 @@ def derived_key(key: str, suffix: str) -> str:
     return f"{{{key}}}:{suffix}"
 
 
+def _check_encodable(key: str) -> None:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"cache key {key!r:.80} holds {key[exc.start]!r} at {exc.start}, a lone surrogate "
+            "with no UTF-8 form: decode the text it came from with errors='replace'"
+        ) from None
+
+
 class KeyBuilder:
     """Turns a caller's key into the store key ``namespace:v<version>:key``.
 
@@ -165,13 +175,16 @@ class KeyBuilder:
 
         Raises:
             TypeError: ``key`` is not a ``str``.
-            ValueError: ``key`` is empty.
+            ValueError: ``key`` is empty, or holds a lone surrogate (no UTF-8 form, so
+                no store could hold it).
         """
         if not isinstance(key, str):
             raise TypeError(f"cache keys are str, got {type(key).__name__}: {key!r:.60}")
         if not key:
             raise ValueError("cache key is empty")
         full = self.prefix + key
+        if not full.isascii():
+            _check_encodable(key)
         if "}" in full and not has_hash_tag(full):
             raise ValueError(
                 f"cache key {key!r:.80} holds '}}' outside a {{hash tag}}: braces in keys are "
@@ -196,6 +209,8 @@ class KeyBuilder:
         """
         if not isinstance(tag, str) or not tag:
             raise TypeError(f"a tag is a non-empty str, not {tag!r:.60}")
+        if not tag.isascii():
+            _check_encodable(tag)
         return "{" + self.prefix + "tags}:" + tag
 
     def pattern(self) -> str:

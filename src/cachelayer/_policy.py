@@ -86,3 +86,10 @@ class TtlPolicy:
         if seconds is None or not self.jitter:
             return seconds
         return seconds * (1.0 + self.jitter * (2.0 * self._rng() - 1.0))
+
+    def at_most(self, seconds: float | None) -> float | None:
+        """Jittered seconds for a TTL that must not be exceeded (a loader's own
+        :class:`~cachelayer.Fresh` TTL): the jitter only ever shortens it."""
+        if seconds is None or not self.jitter:
+            return seconds
+        return seconds * (1.0 - self.jitter * self._rng())

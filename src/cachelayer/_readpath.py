@@ -1,20 +1,23 @@
-"""The read path, written once: generators that yield the steps they need.
+"""The read path, written once: flows that yield the steps they need (``_steps.py``).
 
-``read_through`` decides everything about a cache-aside read: fresh hit, early refresh,
-stale hit, tag check, negative hit, corrupt entry, miss, in-process single-flight,
-lease, wait for another process's fill, load, guarded fill. It yields each step as a
-tuple ``(name, *args)``:
+``read_through`` is cache-aside for one key, in four stages a reader can take one at a
+time, each a small sub-generator with a typed result:
 
-- a store method (``"get"``, ``"get_many"``, ``"add"``, ``"fill"``, ``"delete"``), whose
-  result is sent back, or :data:`FAILED` when the store failed (never an exception);
-- ``LOAD``: call the loader; its value is sent back, or its exception thrown in;
-- ``("sleep", seconds)``, ``("flight", key)``, ``("publish", raw, trusted)``,
-  ``("refresh", key, flow)``: waiting, single-flight and background refresh, which only
-  the shell can do in its own flavour (threads or asyncio).
+1. **look** (:func:`first_look`, pure): what the first read found -- a fresh hit, an
+   early refresh, a stale hit, a cached error, or a miss (absent, failed, corrupt, or
+   computed before one of its tags moved);
+2. **join** (:func:`_join_flight`): a caller of this process already loading the key
+   shares its outcome, if it may;
+3. **claim** (:func:`_claim`): take the key's lease -- or find the value someone filled
+   since the miss, or wait for the lease holder's fill (:func:`_wait_untagged`,
+   :func:`_wait_tagged`), or go on without a lease when the store fails or the wait
+   times out -- giving a :class:`Claim`, or a :class:`Served` answer;
+4. **load and fill** (:func:`_load_and_fill`): call the loader and fill under the lease.
 
-The Cache's sync shell runs the steps with blocking calls, its async shell with
-``await``; neither knows the algorithm, so it cannot drift between the two.
-See docs/architecture.md and docs/consistency.md.
+The sync shell runs the steps with blocking calls, the async shell with ``await``;
+neither knows the algorithm, so it cannot drift between the two. ``refresh`` is the
+background refresh, ``plain_get`` the flow of ``get``/``get_many``. See
+docs/architecture.md and docs/consistency.md.
 """
 
 from __future__ import annotations
@@ -23,148 +26,76 @@ import math
 import os
 import time
 from collections.abc import Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._engine import Engine, lease_key
 from ._envelope import Entry
-from ._keys import derived_key
-from ._policy import TtlSpec
-from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from ._cache import Cache
+from ._options import Fresh, ReadOptions
+from ._steps import (
+    FAILED,
+    LEAD,
+    LOAD,
+    Add,
+    Delete,
+    Fill,
+    Flow,
+    Get,
+    GetMany,
+    JoinFlight,
+    Lease,
+    Publish,
+    Refresh,
+    Sleep,
+    Step,
+    delays,
+)
 
 __all__ = [
-    "FAILED",
-    "LEAD",
-    "LOAD",
-    "ErrorPolicy",
-    "Flow",
-    "ReadOptions",
-    "lease_key",
+    "DEAD",
+    "EARLY",
+    "FRESH",
+    "STALE",
+    "STALE_IF_ERROR",
+    "Claim",
+    "Served",
+    "classify",
+    "first_look",
     "plain_get",
     "read_through",
     "refresh",
 ]
 
-
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: Sent into a flow in place of the result of a store step that failed.
-FAILED: Any = _Marker("FAILED")
-#: Sent back for ``("flight", key)`` when this caller leads the load.
-LEAD: Any = _Marker("LEAD")
-#: Yielded by a flow when it wants the loader called.
-LOAD = ("load",)
-
-Flow = Generator[tuple[Any, ...], Any, Any]
-
-LEASE_SUFFIX = "lease"
 # Entry states, in order of preference.
 FRESH, EARLY, STALE, STALE_IF_ERROR, DEAD = range(5)
 
-
-def lease_key(key: str) -> str:
-    """The lease key of a value key (same Redis Cluster slot)."""
-    return derived_key(key, LEASE_SUFFIX)
+#: What a stage that may answer by itself gives back when it did not.
+Stage = Generator[Step, Any, "Served | None"]
 
 
-class ErrorPolicy:
-    """Negative caching: which loader exceptions are cached, and for how long.
+class Served:
+    """A stage answered the read: ``value`` goes to the caller."""
 
-    Args:
-        ttls: exception type -> seconds (``{NotFound: 30}``). The first type the raised
-            exception is an instance of wins.
+    __slots__ = ("value",)
 
-    The stored entry names the matched type and holds the exception's args when the codec
-    can store them. Only the types configured here are ever rebuilt from a stored name.
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Claim:
+    """What the claim stage leaves the load with.
+
+    ``token``: the lease this caller holds (None: it loads without filling).
+    ``tokens``: the tag tokens the value will be stamped with.
+    ``trusted``: followers may share the loaded value even without a fill (the store
+    failed, so there is no cache the value could be stale against).
     """
 
-    def __init__(self, ttls: Mapping[type[BaseException], float]) -> None:
-        self.ttls: dict[type[BaseException], float] = {}
-        for exc_type, ttl in ttls.items():
-            if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
-                raise ConfigurationError(
-                    f"cache_errors keys must be Exception subclasses, not {exc_type!r}"
-                )
-            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-                raise ConfigurationError(
-                    f"cache_errors[{exc_type.__name__}]={ttl!r} must be seconds > 0"
-                )
-            self.ttls[exc_type] = float(ttl)
-        self._by_name = {self.name(t): t for t in self.ttls}
-
-    @staticmethod
-    def name(exc_type: type[BaseException]) -> str:
-        return f"{exc_type.__module__}.{exc_type.__qualname__}"
-
-    def match(self, exc: BaseException) -> type[BaseException] | None:
-        for exc_type in self.ttls:
-            if isinstance(exc, exc_type):
-                return exc_type
-        return None
-
-    def rebuild(self, stored: Any) -> BaseException | None:
-        """The exception a negative entry stands for, or None if it is not one of ours."""
-        if not (isinstance(stored, dict) and isinstance(stored.get("args"), list)):
-            return None
-        exc_type = self._by_name.get(stored.get("error"))  # type: ignore[arg-type]
-        if exc_type is None:
-            return None
-        try:
-            return exc_type(*stored["args"])
-        except Exception:
-            try:
-                return exc_type()
-            except Exception:
-                return None
-
-
-class ReadOptions:
-    """How one cached function (or one ``get_or_load`` call) reads and refreshes.
-
-    Args:
-        ttl: freshness: seconds, a TTL class, ``None`` (never expires) or DEFAULT.
-        errors: negative caching, or None.
-        stale_ttl: seconds an expired value is still served (at once) while one
-            background refresh runs (stale-while-revalidate).
-        stale_if_error: seconds after expiry during which, if the load fails, the expired
-            value is returned instead of the error.
-        early_refresh: XFetch's beta; a hit refreshes in the background with a
-            probability that rises as expiry nears, more eagerly for slow loads. 0 = off.
-    """
-
-    __slots__ = ("early_refresh", "errors", "keep", "stale_if_error", "stale_ttl", "ttl")
+    __slots__ = ("token", "tokens", "trusted")
 
     def __init__(
-        self,
-        ttl: TtlSpec,
-        errors: ErrorPolicy | None = None,
-        stale_ttl: float = 0.0,
-        stale_if_error: float = 0.0,
-        early_refresh: float = 1.0,
+        self, token: bytes | None, tokens: Mapping[str, bytes] | None, trusted: bool
     ) -> None:
-        for name, value in (
-            ("stale_ttl", stale_ttl),
-            ("stale_if_error", stale_if_error),
-            ("early_refresh", early_refresh),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"{name}={value!r} must be a number >= 0")
-        self.ttl = ttl
-        self.errors = errors
-        self.stale_ttl = float(stale_ttl)
-        self.stale_if_error = float(stale_if_error)
-        self.early_refresh = float(early_refresh)
-        #: seconds an entry stays in the store after it stops being fresh
-        self.keep = max(self.stale_ttl, self.stale_if_error)
+        self.token, self.tokens, self.trusted = token, tokens, trusted
 
 
 def classify(entry: Entry, now_ms: int, options: ReadOptions, rng: float) -> int:
@@ -202,18 +133,24 @@ def _tags_hold(entry: Entry, tokens: Mapping[str, bytes] | None) -> bool:
     return all(tokens.get(key) == token for key, token in entry.tags)
 
 
-def _fetch(key: str, tag_keys: Sequence[str]) -> Generator[tuple[Any, ...], Any, Any]:
+def _tokens(tag_keys: Sequence[str], raws: Sequence[bytes | None]) -> dict[str, bytes]:
+    return {k: t or b"" for k, t in zip(tag_keys, raws, strict=True)}
+
+
+def _fetch(
+    key: str, tag_keys: Sequence[str]
+) -> Generator[Step, Any, tuple[Any, dict[str, bytes] | None]]:
     """Read the value and the current tokens of its tags in one round trip."""
     if not tag_keys:
-        raw = yield ("get", key)
+        raw = yield Get(key)
         return raw, None
-    raws = yield ("get_many", [key, *tag_keys])
+    raws = yield GetMany([key, *tag_keys])
     if raws is FAILED:
         return FAILED, None
-    return raws[0], {k: t or b"" for k, t in zip(tag_keys, raws[1:], strict=True)}
+    return raws[0], _tokens(tag_keys, raws[1:])
 
 
-def _tag_tokens(tokens: Mapping[str, bytes] | None) -> list[tuple[str, bytes]]:
+def _stamp(tokens: Mapping[str, bytes] | None) -> list[tuple[str, bytes]]:
     return list(tokens.items()) if tokens else []
 
 
@@ -223,31 +160,32 @@ def _cached_error(entry: Entry, options: ReadOptions) -> BaseException | None:
 
 
 def _usable(
-    cache: Cache, raw: bytes, tokens: Mapping[str, bytes] | None, options: ReadOptions
+    engine: Engine, raw: bytes, tokens: Mapping[str, bytes] | None, options: ReadOptions
 ) -> Entry | None:
     """A fresh entry whose tags hold and that this reader can answer with, or None."""
-    entry = cache._decode(raw)
+    entry = engine.decode(raw)
     if entry is None or not _tags_hold(entry, tokens):
         return None
-    if classify(entry, cache._now_ms(), options, 0.0) != FRESH:
+    if classify(entry, engine.now_ms(), options, 0.0) != FRESH:
         return None
     if entry.negative and _cached_error(entry, options) is None:
         return None
     return entry
 
 
-def _serve(entry: Entry, options: ReadOptions) -> Generator[tuple[Any, ...], Any, Any]:
-    """Answer with an entry another caller filled: share it with our followers."""
+def _serve(engine: Engine, entry: Entry, options: ReadOptions) -> Generator[Step, Any, Served]:
+    """Answer with an entry another caller filled, and share it with our followers."""
+    engine.stats.lease_waits += 1
     if entry.negative:
         exc = _cached_error(entry, options)
         assert exc is not None
         raise exc
-    yield ("publish", entry.raw, True)
-    return entry.value
+    yield Publish(entry.raw, True)
+    return Served(entry.value)
 
 
 def first_look(
-    cache: Cache, raw: Any, tokens: Mapping[str, bytes] | None, options: ReadOptions
+    engine: Engine, raw: Any, tokens: Mapping[str, bytes] | None, options: ReadOptions
 ) -> tuple[Entry | None, int]:
     """Decode what the first read found and classify it (pure: no I/O).
 
@@ -256,14 +194,14 @@ def first_look(
     """
     if raw is None or raw is FAILED:
         return None, DEAD
-    entry = cache._decode(raw)
+    entry = engine.decode(raw)
     if entry is None or not _tags_hold(entry, tokens):
         return None, DEAD
-    return entry, classify(entry, cache._now_ms(), options, cache._rng())
+    return entry, classify(entry, engine.now_ms(), options, engine.random())
 
 
 def read_through(
-    cache: Cache,
+    engine: Engine,
     key: str,
     options: ReadOptions,
     tag_keys: Sequence[str] = (),
@@ -275,19 +213,19 @@ def read_through(
     and only if no write, delete or invalidation of the key voided that lease meanwhile;
     an entry computed before one of its tags was invalidated is never served; in-process
     callers that arrive during a load share it; other processes wait up to
-    ``cache.lease_wait`` for the lease holder's fill. A failing store is skipped: the
+    ``engine.lease_wait`` for the lease holder's fill. A failing store is skipped: the
     loader's value is returned and nothing raises.
 
     ``first`` is ``(raw, entry, state)`` when the caller already read the key and looked
     at it with :func:`first_look` (the decorator's fast path for untagged hits).
     """
-    stats = cache.stats
+    stats = engine.stats
+    tokens: dict[str, bytes] | None = None
     if first is None:
         raw, tokens = yield from _fetch(key, tag_keys)
-        entry, state = first_look(cache, raw, tokens, options)
+        entry, state = first_look(engine, raw, tokens, options)
     else:
         raw, entry, state = first
-        tokens = None
     stale: Entry | None = None
     if entry is not None:
         if entry.negative:
@@ -299,7 +237,7 @@ def read_through(
             stats.hits += 1
             return entry.value
         elif state <= STALE:
-            yield ("refresh", key, refresh(cache, key, options, tag_keys))
+            yield Refresh(key, refresh(engine, key, options, tag_keys))
             if state == EARLY:
                 stats.hits += 1
                 stats.early_refreshes += 1
@@ -309,98 +247,152 @@ def read_through(
         elif state == STALE_IF_ERROR:
             stale = entry
     stats.misses += 1
+    shared = yield from _join_flight(engine, key, options, tokens)
+    if shared is not None:
+        return shared.value
+    claim = yield from _claim(engine, key, options, tag_keys, raw, tokens, stale)
+    if isinstance(claim, Served):
+        return claim.value
+    return (yield from _load_and_fill(engine, key, options, claim, stale))
 
-    flight = yield ("flight", key)
-    if flight is not LEAD and flight.trusted:
-        # Another caller in this process was loading this key; it finished: share its
-        # outcome (a fresh copy of the value, or the same exception) -- unless one of the
-        # value's tags was invalidated after the leader read the tokens and before this
-        # caller did: then the value predates a write this caller must see.
-        if flight.raw is None:  # a failure that stored nothing is shared as it is
-            stats.flight_joins += 1
-            assert flight.error is not None
-            raise flight.error
-        # A value, or a cached error (negative entry), checked alike.
-        entry = cache._decode(flight.raw)
-        if entry is not None and _tags_hold(entry, tokens):
-            if not entry.negative:
-                stats.flight_joins += 1
-                return entry.value
-            exc = _cached_error(entry, options)
-            if exc is not None:
-                stats.flight_joins += 1
-                raise exc
-    # (an untrusted outcome -- the leader's fill was refused, so its value may predate an
-    # invalidation -- is not shared: this caller reads for itself.)
 
+def _join_flight(
+    engine: Engine, key: str, options: ReadOptions, tokens: Mapping[str, bytes] | None
+) -> Stage:
+    """Stage 2: share the outcome of a load of this key already running in the process."""
+    flight = yield JoinFlight(key)
+    if flight is LEAD or not flight.trusted:
+        # We lead; or the leader's fill was refused, so its value may predate an
+        # invalidation: this caller reads for itself.
+        return None
+    stats = engine.stats
+    if flight.raw is None:  # a failure that stored nothing is shared as it is
+        stats.flight_joins += 1
+        assert flight.error is not None
+        raise flight.error
+    # A value, or a cached error (negative entry), checked alike: not shared if one of
+    # its tags was invalidated after the leader read the tokens and before we did.
+    entry = engine.decode(flight.raw)
+    if entry is None or not _tags_hold(entry, tokens):
+        return None
+    if not entry.negative:
+        stats.flight_joins += 1
+        return Served(entry.value)
+    exc = _cached_error(entry, options)
+    if exc is None:
+        return None
+    stats.flight_joins += 1
+    raise exc
+
+
+def _claim(
+    engine: Engine,
+    key: str,
+    options: ReadOptions,
+    tag_keys: Sequence[str],
+    raw: Any,
+    tokens: dict[str, bytes] | None,
+    stale: Entry | None,
+) -> Generator[Step, Any, Claim | Served]:
+    """Stage 3: take the lease, or find an answer, or decide to load without one."""
+    if raw is FAILED:  # with the store down there is no cache to be stale against
+        return Claim(None, tokens, trusted=True)
     lease = lease_key(key)
-    token: bytes | None = None
-    trusted = raw is FAILED  # with the store down there is no cache to be stale against
-    if raw is not FAILED:
-        token = os.urandom(16)
-        got: Any = None
-        if raw is None and not tag_keys:
-            # One atomic step: a value filled since our miss is returned, else the lease.
-            got = yield ("lease", key, lease, token, cache.lease_ttl)
-            if isinstance(got, bytes):
-                entry = _usable(cache, got, None, options)
-                if entry is not None:
-                    stats.lease_waits += 1
-                    return (yield from _serve(entry, options))
-                got = None
-        if got is None:
-            got = yield ("add", lease, token, cache.lease_ttl)
-        if got is not True:
-            token = None
-            trusted = got is FAILED
-        if got is False and stale is not None:
-            # Within stale_if_error another caller is loading (or its load just failed and
-            # its lease throttles retries): the expired value now beats waiting for it.
-            stats.stale_hits += 1
-            yield ("publish", stale.raw, True)
-            return stale.value
-        if got is False:
-            # Another process holds the lease and is loading: wait for its fill.
-            waited, delay = 0.0, 0.002
-            while waited < cache.lease_wait:
-                yield ("sleep", delay)
-                waited += delay
-                delay = min(delay * 2, 0.05)
-                if not tag_keys:
-                    # The holder's fill, or -- if an invalidation voided the holder's
-                    # lease, so no fill will come -- the lease for us, in one step.
-                    mine = os.urandom(16)
-                    raw2 = yield ("lease", key, lease, mine, cache.lease_ttl)
-                    if raw2 is True:
-                        token = mine  # we load and fill; the outcome rests on our fill
-                        break
-                    tokens2 = None
-                    if raw2 is False:
-                        continue
-                else:
-                    raw2, tokens2 = yield from _fetch(key, tag_keys)
-                if raw2 is FAILED:
-                    break
-                entry = _usable(cache, raw2, tokens2, options) if raw2 is not None else None
-                if entry is not None:
-                    stats.lease_waits += 1
-                    return (yield from _serve(entry, options))
-                if tag_keys:
-                    # No usable value: the holder's fill has not landed, or it landed and
-                    # a tag moved since (a write), so no fill will come. Take the lease
-                    # if the holder is done with it, and load under the tokens just read.
-                    mine = os.urandom(16)
-                    got = yield ("add", lease, mine, cache.lease_ttl)
-                    if got is FAILED:
-                        break
-                    if got is True:
-                        token, tokens = mine, tokens2
-                        break
-            else:
-                stats.lease_timeouts += 1
-            # Without the lease we load without filling: our load may predate an
-            # invalidation.
+    token = os.urandom(16)
+    got: Any = None
+    if raw is None and not tag_keys:
+        # One atomic step: a value filled since our miss is returned, else the lease.
+        got = yield Lease(key, lease, token, engine.lease_ttl)
+        if isinstance(got, bytes):
+            entry = _usable(engine, got, None, options)
+            if entry is not None:
+                return (yield from _serve(engine, entry, options))
+            got = None
+    if got is None:
+        got = yield Add(lease, token, engine.lease_ttl)
+    if got is True:
+        return Claim(token, tokens, trusted=False)
+    if got is FAILED:
+        return Claim(None, tokens, trusted=True)
+    # Another caller holds the lease and is loading.
+    if stale is not None:
+        # Within stale_if_error the expired value now beats waiting for its load (or for
+        # its failed load's lease, which throttles retries).
+        engine.stats.stale_hits += 1
+        yield Publish(stale.raw, True)
+        return Served(stale.value)
+    if tag_keys:
+        return (yield from _wait_tagged(engine, key, options, tag_keys, tokens))
+    return (yield from _wait_untagged(engine, key, options))
 
+
+def _wait_untagged(
+    engine: Engine, key: str, options: ReadOptions
+) -> Generator[Step, Any, Claim | Served]:
+    """Wait for the lease holder's fill of an untagged key.
+
+    Each poll is one atomic ``lease`` step: the holder's value, or -- when an
+    invalidation voided the holder's lease, so no fill will come -- the lease for us.
+    """
+    lease = lease_key(key)
+    for delay in delays(engine.lease_wait):
+        yield Sleep(delay)
+        mine = os.urandom(16)
+        got = yield Lease(key, lease, mine, engine.lease_ttl)
+        if got is True:
+            return Claim(mine, None, trusted=False)
+        if got is FAILED:
+            break
+        if isinstance(got, bytes):
+            entry = _usable(engine, got, None, options)
+            if entry is not None:
+                return (yield from _serve(engine, entry, options))
+    else:
+        engine.stats.lease_timeouts += 1
+    # Without the lease we load without filling: our load may predate an invalidation.
+    return Claim(None, None, trusted=False)
+
+
+def _wait_tagged(
+    engine: Engine,
+    key: str,
+    options: ReadOptions,
+    tag_keys: Sequence[str],
+    tokens: dict[str, bytes] | None,
+) -> Generator[Step, Any, Claim | Served]:
+    """Wait for the lease holder's fill of a tagged key.
+
+    Each poll reads the value with its tags' tokens. No usable value means the holder's
+    fill has not landed, or it landed and a tag moved since (a write), so no fill will
+    come: then take the lease if the holder is done with it, and load under the tokens
+    just read.
+    """
+    lease = lease_key(key)
+    for delay in delays(engine.lease_wait):
+        yield Sleep(delay)
+        raw, now_tokens = yield from _fetch(key, tag_keys)
+        if raw is FAILED:
+            break
+        entry = _usable(engine, raw, now_tokens, options) if raw is not None else None
+        if entry is not None:
+            return (yield from _serve(engine, entry, options))
+        mine = os.urandom(16)
+        got = yield Add(lease, mine, engine.lease_ttl)
+        if got is FAILED:
+            break
+        if got is True:
+            return Claim(mine, now_tokens, trusted=False)
+    else:
+        engine.stats.lease_timeouts += 1
+    return Claim(None, tokens, trusted=False)
+
+
+def _load_and_fill(
+    engine: Engine, key: str, options: ReadOptions, claim: Claim, stale: Entry | None
+) -> Flow:
+    """Stage 4: call the loader; fill under the lease (a cached error too); publish."""
+    stats = engine.stats
+    lease, token = lease_key(key), claim.token
     stats.loads += 1
     started = time.perf_counter()
     try:
@@ -411,33 +403,35 @@ def read_through(
             # stale-if-error: the expired value beats an error page. The lease is kept
             # until it expires, so a failing database is retried once per lease_ttl.
             stats.stale_on_error += 1
-            yield ("publish", stale.raw, True)
+            yield Publish(stale.raw, True)
             return stale.value
         errors = options.errors
         exc_type = errors.match(exc) if errors is not None else None
         if token is not None:
             if exc_type is None:
-                yield ("delete", [lease])  # let the next caller fill without waiting
+                yield Delete([lease])  # let the next caller fill without waiting
             else:
                 assert errors is not None
-                seconds = cache._ttl.resolve(errors.ttls[exc_type])
+                seconds = engine.ttl.resolve(errors.ttls[exc_type])
                 # A cached error carries the tags too: invalidating them drops it.
-                payload = cache._encode_negative(exc_type, exc, seconds, _tag_tokens(tokens))
-                filled = yield ("fill", key, payload, seconds, lease, token)
+                payload = engine.encode_error(exc_type, exc, seconds, _stamp(claim.tokens))
+                filled = yield Fill(key, payload, seconds, lease, token)
                 # Followers take it as they take a value: only if the fill was accepted
                 # and no tag of theirs moved since (a write may have created the row).
-                yield ("publish", payload, filled is True)
+                yield Publish(payload, filled is True)
         raise
     duration_ms = int((time.perf_counter() - started) * 1000)
-    seconds = cache._ttl.resolve(options.ttl)
+    value, seconds, keep = _freshness(engine, value, options)
     try:
-        payload = cache._encode(value, seconds, duration_ms, tags=_tag_tokens(tokens))
+        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(claim.tokens))
     except Exception:  # TypeError mostly; ValueError, RecursionError for odd values
         if token is not None:
-            yield ("delete", [lease])
+            yield Delete([lease])
         raise
+    trusted = claim.trusted
     if token is not None:
-        filled = yield ("fill", key, payload, cache._store_ttl(seconds, options), lease, token)
+        kept = None if seconds is None else seconds + keep
+        filled = yield Fill(key, payload, kept, lease, token)
         if filled is True:
             stats.fills += 1
             trusted = True
@@ -445,37 +439,48 @@ def read_through(
             stats.fills_rejected += 1
         else:
             trusted = True  # the store failed at the fill: no cache, nothing stale
-    yield ("publish", payload, trusted)
+    yield Publish(payload, trusted)
     return value
 
 
-def refresh(cache: Cache, key: str, options: ReadOptions, tag_keys: Sequence[str]) -> Flow:
+def _freshness(
+    engine: Engine, value: Any, options: ReadOptions
+) -> tuple[Any, float | None, float]:
+    """``(value, fresh seconds, seconds kept after that)`` for a loaded value: the call's
+    TTL and stale window, or those the loader stated with :class:`~cachelayer.Fresh`."""
+    if isinstance(value, Fresh):
+        return value.value, engine.ttl.at_most(value.ttl), min(value.stale_ttl, options.keep)
+    return value, engine.ttl.resolve(options.ttl), options.keep
+
+
+def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]) -> Flow:
     """A background refresh: under a lease (one refresh across all processes), load and
     fill. Errors are counted and logged, never raised (nobody is waiting for them)."""
-    stats = cache.stats
+    stats = engine.stats
     lease = lease_key(key)
     token = os.urandom(16)
-    if (yield ("add", lease, token, cache.lease_ttl)) is not True:
+    if (yield Add(lease, token, engine.lease_ttl)) is not True:
         return None  # another caller refreshes it (or the store is failing)
     tokens: dict[str, bytes] | None = None
     if tag_keys:
-        raws = yield ("get_many", list(tag_keys))
+        raws = yield GetMany(list(tag_keys))
         if raws is FAILED:
             return None
-        tokens = {k: t or b"" for k, t in zip(tag_keys, raws, strict=True)}
+        tokens = _tokens(tag_keys, raws)
     stats.refreshes += 1
     started = time.perf_counter()
     try:
         value = yield LOAD
         duration_ms = int((time.perf_counter() - started) * 1000)
-        seconds = cache._ttl.resolve(options.ttl)
-        payload = cache._encode(value, seconds, duration_ms, tags=_tag_tokens(tokens))
+        value, seconds, keep = _freshness(engine, value, options)
+        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(tokens))
     except Exception as exc:
         # The lease stays until it expires: a failing loader is retried once per lease_ttl.
         stats.refresh_errors += 1
-        cache._log_refresh_error(exc)
+        engine.log_refresh_error(exc)
         return None
-    filled = yield ("fill", key, payload, cache._store_ttl(seconds, options), lease, token)
+    kept = None if seconds is None else seconds + keep
+    filled = yield Fill(key, payload, kept, lease, token)
     if filled is True:
         stats.fills += 1
     elif filled is False:
@@ -483,21 +488,22 @@ def refresh(cache: Cache, key: str, options: ReadOptions, tag_keys: Sequence[str
     return None
 
 
-def plain_get(cache: Cache, keys: Sequence[str]) -> Flow:
+def plain_get(engine: Engine, keys: Sequence[str]) -> Flow:
     """``get``/``get_many``: the fresh values among ``keys`` (a tagged entry's tags are
     checked with one more round trip); returns a list with FAILED for misses."""
+    stats = engine.stats
     if len(keys) == 1:
-        raw = yield ("get", keys[0])
+        raw = yield Get(keys[0])
         raws = FAILED if raw is FAILED else [raw]
     else:
-        raws = yield ("get_many", list(keys))
+        raws = yield GetMany(list(keys))
     if raws is FAILED:
-        cache.stats.misses += len(keys)
+        stats.misses += len(keys)
         return [FAILED] * len(keys)
-    now = cache._now_ms()
+    now = engine.now_ms()
     entries: list[Entry | None] = []
     for raw in raws:
-        entry = cache._decode(raw) if raw is not None else None
+        entry = engine.decode(raw) if raw is not None else None
         live = (
             entry is not None
             and not entry.negative
@@ -507,16 +513,16 @@ def plain_get(cache: Cache, keys: Sequence[str]) -> Flow:
     tag_keys = sorted({k for e in entries if e is not None for k, _ in e.tags})
     tokens: dict[str, bytes] | None = None
     if tag_keys:
-        found = yield ("get_many", tag_keys)
+        found = yield GetMany(tag_keys)
         if found is not FAILED:
-            tokens = {k: t or b"" for k, t in zip(tag_keys, found, strict=True)}
+            tokens = _tokens(tag_keys, found)
     values = []
     for entry in entries:
         if entry is not None and _tags_hold(entry, tokens):
-            cache.stats.hits += 1
+            stats.hits += 1
             values.append(entry.value)
         else:
-            cache.stats.misses += 1
+            stats.misses += 1
             values.append(FAILED)
     return values
 

@@ -19,20 +19,25 @@ from collections.abc import Callable
 from typing import Any
 
 from ._breaker import CircuitBreaker
-from ._flight import OUTCOME_STEPS, UNTRUSTED, AsyncFlights, SyncFlights, wait_sync
-from ._readpath import FAILED, LEAD, LOAD, Flow
+from ._flight import UNTRUSTED, AsyncFlights, SyncFlights, wait_sync
 from ._refresh import Refresher
 from ._stats import RateLimitedLog, Stats
+from ._steps import FAILED, LEAD, LOAD, Flow, JoinFlight, Publish, Refresh, Sleep, StoreStep
 from .backends import AsyncStore, Store
 from .errors import StoreUnavailable
 
-__all__ = ["StoreRunner"]
+__all__ = ["StoreRunner", "store_failures"]
 
 log = logging.getLogger("cachelayer.cache")
 
-_STORE_METHODS = frozenset(
-    {"get", "get_many", "add", "lease", "fill", "delete", "set", "set_many"}
-)
+
+def store_failures(store: object) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the store failed" for ``store``: OS-level errors
+    (connections, timeouts) and the store's own ``failures`` (redis-py's ``RedisError``
+    for the Redis store). Anything else -- a ``TypeError`` from our own code, say -- is a
+    bug and raises: failing open must never hide it."""
+    extra: tuple[type[BaseException], ...] = getattr(store, "failures", ())
+    return (OSError, asyncio.TimeoutError, *extra)
 
 
 class StoreRunner:
@@ -53,28 +58,33 @@ class StoreRunner:
         self._flights = SyncFlights()
         self._aflights = AsyncFlights()
         self.refresher = Refresher(refresh_workers)
+        self.failures = store_failures(store)
 
-    def call(
-        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
-    ) -> Any:
+    def call(self, step: StoreStep, raising: bool = False, invalidating: bool = False) -> Any:
+        """Run one store step with a blocking call; a store failure gives :data:`FAILED`
+        (or ``StoreUnavailable`` with ``raising``), feeds the breaker and is counted."""
         if not self.breaker.allow():
-            return self._skipped(method, raising, invalidating)
+            return self._skipped(step.name, raising, invalidating)
         try:
-            result = getattr(self.store, method)(*args)
-        except Exception as exc:
-            return self._failed(method, exc, raising, invalidating)
+            result = step.run(self.store)
+        except self.failures as exc:
+            return self._failed(step.name, exc, raising, invalidating)
         self.breaker.success()
         return result
 
     async def acall(
-        self, method: str, args: tuple[Any, ...], raising: bool = False, invalidating: bool = False
+        self, step: StoreStep, raising: bool = False, invalidating: bool = False
     ) -> Any:
+        """``call`` for asyncio code."""
         if not self.breaker.allow():
-            return self._skipped(method, raising, invalidating)
+            # Still a suspension point: a task that loops over cache reads while the
+            # breaker is open must not starve the other tasks of its loop.
+            await asyncio.sleep(0)
+            return self._skipped(step.name, raising, invalidating)
         try:
-            result = await getattr(self.astore, method)(*args)
-        except Exception as exc:
-            return self._failed(method, exc, raising, invalidating)
+            result = await step.arun(self.astore)
+        except self.failures as exc:
+            return self._failed(step.name, exc, raising, invalidating)
         self.breaker.success()
         return result
 
@@ -86,7 +96,7 @@ class StoreRunner:
             raise StoreUnavailable(f"store {method} not attempted: the circuit breaker is open")
         return FAILED
 
-    def _failed(self, method: str, exc: Exception, raising: bool, invalidating: bool) -> Any:
+    def _failed(self, method: str, exc: BaseException, raising: bool, invalidating: bool) -> Any:
         if self.breaker.failure():
             self.stats.breaker_opened += 1
             log.warning(
@@ -132,17 +142,16 @@ class StoreRunner:
     # -- the read path's shells ------------------------------------------------------------
 
     def drive(self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False) -> Any:
-        """Run a read-path flow with blocking calls (the sync shell)."""
+        """Run a flow with blocking calls (the sync shell)."""
         flight = None
         flight_key = ""
         try:
             op = next(flow)
             while True:
-                name = op[0]
-                if name in _STORE_METHODS:
-                    if flight is not None and name in OUTCOME_STEPS:
+                if isinstance(op, StoreStep):
+                    if flight is not None and op.outcome:
                         flight.cutoff = flight.followers
-                    result = self.call(name, op[1:], raising)
+                    result = self.call(op, raising)
                 elif op is LOAD:
                     assert loader is not None
                     try:
@@ -150,21 +159,22 @@ class StoreRunner:
                     except Exception as exc:
                         op = flow.throw(exc)
                         continue
-                elif name == "flight":
-                    joined, follower = self._flights.join(op[1])
+                elif isinstance(op, JoinFlight):
+                    joined, follower = self._flights.join(op.key)
                     if follower < 0:
-                        flight, flight_key, result = joined, op[1], LEAD
+                        flight, flight_key, result = joined, op.key, LEAD
                     else:
                         result = wait_sync(joined, follower)
-                elif name == "publish":
+                elif isinstance(op, Publish):
                     if flight is not None:
-                        flight.publish(op[1], op[2])
+                        flight.publish(op.raw, op.trusted)
                     result = None
-                elif name == "sleep":
-                    time.sleep(op[1])
+                elif isinstance(op, Sleep):
+                    time.sleep(op.seconds)
                     result = None
-                else:  # "refresh"
-                    self.refresher.submit(op[1], functools.partial(self.drive, op[2], loader))
+                else:
+                    assert isinstance(op, Refresh)
+                    self.refresher.submit(op.key, functools.partial(self.drive, op.flow, loader))
                     result = None
                 op = flow.send(result)
         except StopIteration as stop:
@@ -180,17 +190,16 @@ class StoreRunner:
     async def adrive(
         self, flow: Flow, loader: Callable[[], Any] | None, raising: bool = False
     ) -> Any:
-        """Run a read-path flow with ``await`` (the async shell)."""
+        """Run a flow with ``await`` (the async shell)."""
         flight = None
         flight_key = ""
         try:
             op = next(flow)
             while True:
-                name = op[0]
-                if name in _STORE_METHODS:
-                    if flight is not None and name in OUTCOME_STEPS:
+                if isinstance(op, StoreStep):
+                    if flight is not None and op.outcome:
                         flight.cutoff = flight.followers
-                    result = await self.acall(name, op[1:], raising)
+                    result = await self.acall(op, raising)
                 elif op is LOAD:
                     assert loader is not None
                     try:
@@ -200,22 +209,23 @@ class StoreRunner:
                     except Exception as exc:
                         op = flow.throw(exc)
                         continue
-                elif name == "flight":
-                    joined, follower = self._aflights.join(op[1])
+                elif isinstance(op, JoinFlight):
+                    joined, follower = self._aflights.join(op.key)
                     if follower < 0:
-                        flight, flight_key, result = joined, op[1], LEAD
+                        flight, flight_key, result = joined, op.key, LEAD
                     else:
                         await joined.event.wait()  # type: ignore[misc]
                         result = joined if joined.trusted_by(follower) else UNTRUSTED
-                elif name == "publish":
+                elif isinstance(op, Publish):
                     if flight is not None:
-                        flight.publish(op[1], op[2])
+                        flight.publish(op.raw, op.trusted)
                     result = None
-                elif name == "sleep":
-                    await asyncio.sleep(op[1])
+                elif isinstance(op, Sleep):
+                    await asyncio.sleep(op.seconds)
                     result = None
-                else:  # "refresh"
-                    self.refresher.spawn(op[1], functools.partial(self.adrive, op[2], loader))
+                else:
+                    assert isinstance(op, Refresh)
+                    self.refresher.spawn(op.key, functools.partial(self.adrive, op.flow, loader))
                     result = None
                 op = flow.send(result)
         except StopIteration as stop:

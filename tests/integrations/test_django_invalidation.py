@@ -517,13 +517,13 @@ def test_rules_declared_before_the_models_are_loaded(
     with monkeypatch.context() as patch:
         patch.setattr(apps, "models_ready", False)
         rule = rules(Post, tags=["post:{pk}"], cache=cache)
-    assert rule._m2m_senders == []
+    assert rule.m2m_senders == []
     cached(cache, "post", f"post:{post.pk}")
     tag.posts.add(post)  # the stand-in receiver connects the rule and hands it the change
     assert not present(cache, "post")
-    assert rule._m2m_senders == [Post.tags.through]
+    assert rule.m2m_senders == [Post.tags.through]
     cached(cache, "post", f"post:{post.pk}")
     post.tags.remove(tag)
     assert not present(cache, "post")
     connect_pending()  # nothing left to connect: harmless
-    assert rule._m2m_senders == [Post.tags.through]
+    assert rule.m2m_senders == [Post.tags.through]

@@ -262,8 +262,8 @@ def _forged(cache: Cache, data: Any) -> bytes:
         pass
 
     registry.register(Fake, name=MODEL_TYPE_NAME, dump=lambda _: data, load=lambda d: d)
-    return Serializer(cache._serializer.codec_name, registry=registry).dumps(
-        Fake(), written_ms=cache._now_ms(), fresh_until_ms=cache._now_ms() + 60_000
+    return Serializer(cache.engine.serializer.codec_name, registry=registry).dumps(
+        Fake(), written_ms=cache.engine.now_ms(), fresh_until_ms=cache.engine.now_ms() + 60_000
     )
 
 
@@ -289,7 +289,7 @@ def _forged(cache: Cache, data: Any) -> bytes:
 def test_stored_bytes_cannot_rebuild_anything_else(dcache: Cache, data: Any) -> None:
     """A stored label is looked up in Django's app registry only, and stored fields and
     relations must be the model's: anything else is a miss (a decode error)."""
-    dcache.store.set(dcache._keys.full("k"), _forged(dcache, data), None)
+    dcache.store.set(dcache.engine.keys.full("k"), _forged(dcache, data), None)
     assert dcache.get("k", "miss") == "miss"
     assert dcache.stats.decode_errors == 1
 

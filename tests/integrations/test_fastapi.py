@@ -93,14 +93,14 @@ async def test_the_dependency_gives_the_apps_cache(cache: Cache) -> None:
 
     @app.get("/namespace")
     async def namespace(app_cache: Cache = Depends(get_cache)) -> str:  # noqa: B008
-        return app_cache._keys.namespace
+        return app_cache.engine.keys.namespace
 
     async with running(app):
         assert app.state.cache is cache
         async with client(app) as c:
             first = await c.get("/users/1")
             second = await c.get("/users/1")
-            assert (await c.get("/namespace")).json() == cache._keys.namespace
+            assert (await c.get("/namespace")).json() == cache.engine.keys.namespace
     assert first.json() == second.json() == {"id": 1, "name": "user 1"}
     assert loads == [1]
     assert not hasattr(app.state, "cache")

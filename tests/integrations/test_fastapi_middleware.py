@@ -184,7 +184,7 @@ async def setup(cache: Cache) -> AsyncIterator[Setup]:
 
 
 async def settle(cache: Cache) -> None:
-    await cache._refresher.drain()
+    await cache.engine.runner.refresher.drain()
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .._cache import _redact
+from .._redact import redact_url
 
 PHASES = ("none", "naive", "cachelayer")
 TITLES = {
@@ -102,8 +102,8 @@ def main(args: argparse.Namespace) -> int:
             "zipf": args.zipf,
             "seed": args.seed,
             "threads": args.threads,
-            "store": _redact(store),
-            "database": _redact(database),
+            "store": redact_url(store),
+            "database": redact_url(database),
         },
         "phases": {},
     }
@@ -350,7 +350,7 @@ def _prepare_database(args: argparse.Namespace, console: Any) -> str:
             raise SystemExit(2)
         _setup_django(args.database)
         if not dataset.is_built(args.users):
-            _build(console, args.users, f"PostgreSQL ({_redact(args.database)})")
+            _build(console, args.users, f"PostgreSQL ({redact_url(args.database)})")
         _close_django()
         return str(args.database)
     path = (

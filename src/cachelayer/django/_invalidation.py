@@ -98,7 +98,8 @@ class ModelInvalidation:
         # listener of any sender would run for every instance of every model of the app
         # (post_init), and turn off Django's fast deletes and fast m2m adds everywhere.
         self._senders: list[type[Model]] = []
-        self._m2m_senders: list[type[Model]] = []
+        #: the m2m through models this rule listens to
+        self.m2m_senders: list[type[Model]] = []
         class_prepared.connect(self._class_prepared, weak=False, dispatch_uid=self._uid)
         for cls in _with_subclasses(model):
             self._listen(cls)
@@ -108,7 +109,7 @@ class ModelInvalidation:
                 _pending.append(self)
                 m2m_changed.connect(_connect_pending_then_send, dispatch_uid=_PENDING_UID)
         if apps.models_ready:
-            self._listen_for_m2m()
+            self.listen_for_m2m()
 
     def __repr__(self) -> str:
         return f"<invalidate_on {self.model._meta.label} tags={self.tags!r} keys={self.keys!r}>"
@@ -119,9 +120,9 @@ class ModelInvalidation:
         for cls in self._senders:
             for signal in (post_init, post_save, pre_delete, post_delete):
                 signal.disconnect(sender=cls, dispatch_uid=self._uid)
-        for through in self._m2m_senders:
+        for through in self.m2m_senders:
             m2m_changed.disconnect(sender=through, dispatch_uid=self._uid)
-        self._senders, self._m2m_senders = [], []
+        self._senders, self.m2m_senders = [], []
         with _rules_lock:
             if self in _rules:
                 _rules.remove(self)
@@ -144,13 +145,14 @@ class ModelInvalidation:
         if issubclass(sender, self.model):
             self._listen(sender)
 
-    def _listen_for_m2m(self) -> None:
+    def listen_for_m2m(self) -> None:
+        """Connect to the m2m tables of the model's fields (once their models exist)."""
         for through in self._m2m_fields():
-            if through not in self._m2m_senders:
+            if through not in self.m2m_senders:
                 m2m_changed.connect(
-                    self._m2m_changed, sender=through, weak=False, dispatch_uid=self._uid
+                    self.on_m2m_changed, sender=through, weak=False, dispatch_uid=self._uid
                 )
-                self._m2m_senders.append(through)
+                self.m2m_senders.append(through)
 
     # -- what a write invalidates ------------------------------------------------------------
 
@@ -339,7 +341,7 @@ class ModelInvalidation:
             self._throughs = {f.remote_field.through: f for f in fields}
         return self._throughs
 
-    def _m2m_changed(
+    def on_m2m_changed(
         self,
         sender: type[Model],
         instance: Model,
@@ -402,7 +404,7 @@ def connect_pending() -> None:
         _pending.clear()
         m2m_changed.disconnect(dispatch_uid=_PENDING_UID)
     for rule in pending:
-        rule._listen_for_m2m()
+        rule.listen_for_m2m()
 
 
 def _connect_pending_then_send(sender: type[Model], **kwargs: Any) -> None:
@@ -413,8 +415,8 @@ def _connect_pending_then_send(sender: type[Model], **kwargs: Any) -> None:
         pending = list(_pending)
     connect_pending()
     for rule in pending:
-        if sender in rule._m2m_senders:
-            rule._m2m_changed(sender=sender, **kwargs)
+        if sender in rule.m2m_senders:
+            rule.on_m2m_changed(sender=sender, **kwargs)
 
 
 def _linked_pks(

@@ -50,7 +50,7 @@ def register_django_types(cache: Cache) -> None:
     The backend's Cache has them already; call this for a plain ``cachelayer.Cache``
     that your Django code uses. Every process that reads the entries must call it too.
     """
-    registry = cache._serializer.registry
+    registry = cache.engine.serializer.registry
     registry.register(
         Model, name=MODEL_TYPE_NAME, dump=dump_model, load=load_model, subclasses=True
     )

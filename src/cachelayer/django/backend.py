@@ -13,7 +13,7 @@ Every method has a native async twin (``aget`` awaits the Cache's ``aget``: no t
 Read-modify-writes (``add``, ``incr``/``decr``, ``touch``) are written once as
 generators that yield store steps, driven by :meth:`CacheBackend._run` with blocking
 calls or by :meth:`CacheBackend._arun` with ``await``; each conditional write is an
-atomic compare-and-set (``swap``, see ``_swap.py``), retried when another writer won.
+atomic compare-and-set (the store's ``swap``), retried when another writer won.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from .._cache import Cache
+from .._engine import lease_key
 from .._envelope import Entry
-from .._readpath import FAILED, Flow, lease_key
+from .._steps import FAILED, Flow, Get, SetMany, Swap
 from ..backends import MemoryStore, Store, store_from_url
+from ..backends.redis import RedisStore
 from ..errors import CacheError, ConfigurationError
 from ._shared import SharedCache, shared_cache
-from ._swap import SwapMemoryStore, SwapRedisStore
 from ._types import register_django_types
 
 __all__ = ["CacheBackend"]
@@ -50,21 +51,20 @@ _NOT_OPTIONS = {
 }
 _CACHE_OPTIONS = frozenset(inspect.signature(Cache).parameters) - {"url", "ttl"}
 
-_memory_stores: dict[str, SwapMemoryStore] = {}
+_memory_stores: dict[str, MemoryStore] = {}
 _memory_lock = threading.Lock()
 
 
 def _store_for(location: str) -> Store:
     """The store ``location`` names; one memory store per memory URL in the process."""
     if location.partition("://")[0].lower() != "memory":
-        return SwapRedisStore(location)
+        return RedisStore(location)
     with _memory_lock:
         store = _memory_stores.get(location)
         if store is None:
             parsed = store_from_url(location)  # validates the URL and its options
             assert isinstance(parsed, MemoryStore)
-            store = SwapMemoryStore(parsed.max_entries, parsed.max_bytes)
-            _memory_stores[location] = store
+            store = _memory_stores[location] = parsed
         return store
 
 
@@ -173,10 +173,11 @@ class CacheBackend(BaseCache):
 
         Tag tokens are not checked: this backend never writes tagged entries.
         """
-        entry = self.cache._decode(raw)
+        engine = self.cache.engine
+        entry = engine.decode(raw)
         if entry is None or entry.negative:
             return None
-        if entry.fresh_until_ms and self.cache._now_ms() >= entry.fresh_until_ms:
+        if entry.fresh_until_ms and engine.now_ms() >= entry.fresh_until_ms:
             return None
         return entry
 
@@ -184,42 +185,31 @@ class CacheBackend(BaseCache):
 
     def _run(self, flow: Flow) -> Any:
         """Drive a flow with blocking store calls (failures come back as FAILED)."""
-        call, raising = self.cache._call, self._raise
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(call(op[0], op[1:], raising))
-        except StopIteration as stop:
-            return stop.value
+        return self.cache.engine.drive(flow, None, self._raise)
 
     async def _arun(self, flow: Flow) -> Any:
         """Drive a flow with awaited store calls."""
-        acall, raising = self.cache._acall, self._raise
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await acall(op[0], op[1:], raising))
-        except StopIteration as stop:
-            return stop.value
+        return await self.cache.engine.adrive(flow, None, self._raise)
 
     def _add_flow(self, key: Any, value: Any, timeout: Any, version: int | None) -> Flow:
         """Store only if absent: one atomic swap; a dead entry (expired by its envelope,
         unreadable) counts as absent and is replaced under the same guard."""
-        full = self.cache._keys.full(self._key(key, version))
+        engine = self.cache.engine
+        full = engine.keys.full(self._key(key, version))
         seconds = self._seconds(timeout)
         if _dont_store(seconds):
-            self.cache._encode(value, None)  # an unsupported type raises, as on a store
-            raw = yield ("get", full)
+            engine.encode(value, None)  # an unsupported type raises, as on a store
+            raw = yield Get(full)
             return raw is None or (raw is not FAILED and self._live(raw) is None)
-        seconds = self.cache._ttl.resolve(seconds)
-        payload = self.cache._encode(value, seconds)
+        seconds = engine.ttl.resolve(seconds)
+        payload = engine.encode(value, seconds)
         lease = lease_key(full)  # voided: a fill that started before the add must not land
         expected: bytes | None = None
         for _ in range(MAX_SWAPS):
-            done = yield ("swap", full, expected, payload, seconds, lease)
+            done = yield Swap(full, expected, payload, seconds, lease)
             if done is not False:
                 return done is True  # stored, or the store failed (not stored)
-            raw = yield ("get", full)
+            raw = yield Get(full)
             if raw is FAILED or (raw is not None and self._live(raw) is not None):
                 return False
             expected = raw
@@ -227,32 +217,34 @@ class CacheBackend(BaseCache):
 
     def _touch_flow(self, key: Any, timeout: Any, version: int | None) -> Flow:
         """Give a live entry a new expiry: rewrite its envelope if it is unchanged."""
-        full = self.cache._keys.full(self._key(key, version))
+        engine = self.cache.engine
+        full = engine.keys.full(self._key(key, version))
         seconds = self._seconds(timeout)
         if _dont_store(seconds):
-            raw = yield ("get", full)
+            raw = yield Get(full)
             if raw is None or raw is FAILED or self._live(raw) is None:
                 return False
-            yield ("delete", [full, lease_key(full)])
+            yield engine.delete_step([full])
             return True
-        seconds = self.cache._ttl.resolve(seconds)
+        seconds = engine.ttl.resolve(seconds)
         for _ in range(MAX_SWAPS):
-            raw = yield ("get", full)
+            raw = yield Get(full)
             entry = None if raw is None or raw is FAILED else self._live(raw)
             if entry is None:
                 return False
-            payload = self.cache._encode(entry.value, seconds, entry.duration_ms, tags=entry.tags)
-            done = yield ("swap", full, raw, payload, seconds, None)
+            payload = engine.encode(entry.value, seconds, entry.duration_ms, tags=entry.tags)
+            done = yield Swap(full, raw, payload, seconds, None)
             if done is not False:
                 return done is True
         return False
 
     def _incr_flow(self, key: Any, delta: int, version: int | None) -> Flow:
         """Add ``delta`` to an int entry, keeping its expiry; atomic (compare-and-set)."""
-        full = self.cache._keys.full(self._key(key, version))
+        engine = self.cache.engine
+        full = engine.keys.full(self._key(key, version))
         lease = lease_key(full)
         for _ in range(MAX_SWAPS):
-            raw = yield ("get", full)
+            raw = yield Get(full)
             if raw is FAILED:
                 raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
             entry = None if raw is None else self._live(raw)
@@ -264,14 +256,14 @@ class CacheBackend(BaseCache):
                     f"{type(entry.value).__name__}"
                 )
             value = entry.value + delta
-            payload = self.cache._serializer.dumps(
+            payload = engine.serializer.dumps(
                 value,
-                written_ms=self.cache._now_ms(),
+                written_ms=engine.now_ms(),
                 fresh_until_ms=entry.fresh_until_ms,
                 duration_ms=entry.duration_ms,
                 tags=entry.tags,
             )
-            done = yield ("swap", full, raw, payload, None, lease, True)
+            done = yield Swap(full, raw, payload, None, lease, keep_ttl=True)
             if done is True:
                 return value
             if done is FAILED:
@@ -280,17 +272,18 @@ class CacheBackend(BaseCache):
             f"incr(): key '{key}' changed {MAX_SWAPS} times while it was being updated"
         )
 
-    def _set_many_args(
+    def _set_many_step(
         self, data: dict[Any, Any], seconds: float | None, version: int | None
-    ) -> tuple[list[tuple[str, bytes, float | None]], list[str]]:
+    ) -> SetMany:
+        engine = self.cache.engine
         items, void = [], []
         for key, value in data.items():
-            full = self.cache._keys.full(self._key(key, version))
-            jittered = self.cache._ttl.resolve(seconds)
-            items.append((full, self.cache._encode(value, jittered), jittered))
+            full = engine.keys.full(self._key(key, version))
+            jittered = engine.ttl.resolve(seconds)
+            items.append((full, engine.encode(value, jittered), jittered))
             void.append(lease_key(full))
-        self.cache.stats.sets += len(items)
-        return items, void
+        engine.stats.sets += len(items)
+        return SetMany(items, void)
 
     # -- Django's API ------------------------------------------------------------------------
 
@@ -396,8 +389,8 @@ class CacheBackend(BaseCache):
         if _dont_store(seconds):
             self.delete_many(data, version)
             return []
-        args = self._set_many_args(data, seconds, version)
-        return list(data) if self.cache._call("set_many", args, self._raise) is FAILED else []
+        step = self._set_many_step(data, seconds, version)
+        return list(data) if self.cache.engine.call(step, self._raise) is FAILED else []
 
     async def aset_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -408,8 +401,8 @@ class CacheBackend(BaseCache):
         if _dont_store(seconds):
             await self.adelete_many(data, version)
             return []
-        args = self._set_many_args(data, seconds, version)
-        failed = await self.cache._acall("set_many", args, self._raise) is FAILED
+        step = self._set_many_step(data, seconds, version)
+        failed = await self.cache.engine.acall(step, self._raise) is FAILED
         return list(data) if failed else []
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:

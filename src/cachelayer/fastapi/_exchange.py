@@ -176,7 +176,7 @@ class Capture:
                     covered=self.mw.covered,
                     default_ttl=self.mw.ttl,
                     max_ttl=self.mw.max_ttl,
-                    now=self.mw.cache._clock(),
+                    now=self.mw.cache.engine.clock(),
                 )
                 self.freshness = None if policy is None else (policy.ttl, policy.stale)
             if self.freshness is None:
@@ -239,7 +239,7 @@ class Capture:
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
             "body": body,
             "etag": etag if self.status == 200 else "",
-            "stored": float(self.mw.cache._clock()),
+            "stored": float(self.mw.cache.engine.clock()),
             "ttl": self.freshness[0],
             "stale": self.freshness[1],
         }

@@ -1,16 +1,15 @@
 """``ResponseCacheMiddleware``: a shared HTTP cache for GET and HEAD, on a cachelayer Cache.
 
 Pure ASGI: it works under Starlette and FastAPI and imports neither. Each cacheable
-request goes through cachelayer's read path (``_readpath.read_through``), as a decorated
-function does, so responses get single-flight, leases, tags, stale-while-revalidate,
-negative caching (for "hit-for-pass") and fail-open handling from the one algorithm.
+request goes through the public ``Cache.aget_or_load``, as a decorated function does, so
+responses get single-flight, leases, tags, stale-while-revalidate, negative caching (for
+"hit-for-pass") and fail-open handling from the one algorithm.
 
-The loader runs the app and captures its response. The read path takes a TTL before it
-loads, but HTTP states freshness in the response. So each request gets its own
-``ReadOptions``, and the loader sets its ``ttl`` and ``keep`` (the stale window) from
-the response's ``Cache-Control`` before it returns: the fill reads them after the load.
-Reads classify entries with ``stale_ttl=max_ttl``; an entry's own stale window ends its
-life in the store, and the stamp stored with the response is checked again here.
+The loader runs the app and captures its response. HTTP states freshness in the
+response, so the loader returns it as :class:`~cachelayer.Fresh` with the TTL and stale
+window its ``Cache-Control`` allows; the call's ``max_ttl`` caps both. Reads classify
+entries with ``stale_ttl=max_ttl``; an entry's own stale window ends its life in the
+store, and the stamp stored with the response is checked again here.
 See docs/fastapi.md for the rules and their limits.
 """
 
@@ -22,7 +21,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from .._keys import escape
-from .._readpath import ErrorPolicy, ReadOptions, read_through
+from .._options import Fresh
 from ..errors import ConfigurationError
 from ._exchange import (
     BYPASS,
@@ -86,7 +85,7 @@ class ResponseCacheMiddleware:
         ttl: freshness, in seconds, of a response whose headers state none
             (``s-maxage``, ``max-age``, ``Expires``); None stores only those that do.
         max_ttl: caps every response's freshness, and its stale window; twice it must
-            stay below the Cache's ``tag_ttl``.
+            stay below the Cache's ``tag_ttl`` (with the Cache's jitter on top).
         cacheable_statuses: the status codes that may be stored.
         vary: request headers every key includes, so responses may ``Vary`` on them;
             a response that varies on another header is not stored.
@@ -127,7 +126,8 @@ class ResponseCacheMiddleware:
         self.app = app
         self.cache = cache
         self.max_ttl = positive("max_ttl", max_ttl)
-        if 2 * self.max_ttl >= cache.tag_ttl:
+        # fresh (jitter may lengthen the cap) plus stale time, as get_or_load checks it
+        if self.max_ttl * (2.0 + cache.engine.ttl.jitter) >= cache.tag_ttl:
             raise ConfigurationError(
                 f"max_ttl={max_ttl!r}: fresh plus stale time must stay below the Cache's "
                 f"tag_ttl={cache.tag_ttl:.0f} s; lower max_ttl or raise tag_ttl"
@@ -149,9 +149,11 @@ class ResponseCacheMiddleware:
             raise ConfigurationError(f"max_body_size={max_body_size!r} must be an int")
         self.max_body_size = max_body_size
         if pass_ttl:
-            self._errors: ErrorPolicy | None = ErrorPolicy({Pass: positive("pass_ttl", pass_ttl)})
+            self._cache_errors: dict[type[BaseException], float] | None = {
+                Pass: positive("pass_ttl", pass_ttl)
+            }
         else:
-            self._errors = None
+            self._cache_errors = None
 
     # -- the request -----------------------------------------------------------------------
 
@@ -200,17 +202,23 @@ class ResponseCacheMiddleware:
 
     async def _serve(self, request: Request, key: str, tags: list[str]) -> None:
         cache = self.cache
-        options = ReadOptions(self.max_ttl, self._errors, stale_ttl=self.max_ttl)
 
-        async def load() -> dict[str, Any]:
-            return await self._load(request, options)
+        async def load() -> Fresh[dict[str, Any]]:
+            return await self._load(request)
 
-        tag_keys = [cache._keys.tag(t) for t in tags]
-        flow = read_through(cache, cache._keys.full(key), options, tag_keys)
         error: Exception | None = None
         value: Any = None
         try:
-            value = await cache._adrive(flow, load)
+            # The response states its own freshness (Fresh); the call's TTL and stale
+            # window are the caps every response is held to.
+            value = await cache.aget_or_load(
+                key,
+                load,
+                self.max_ttl,
+                cache_errors=self._cache_errors,
+                stale_ttl=self.max_ttl,
+                tags=tags,
+            )
         except Pass as exc:
             if exc.owner is not request:  # hit-for-pass, or another request's response
                 await self._pass(request, BYPASS)
@@ -226,7 +234,7 @@ class ResponseCacheMiddleware:
         if request.sent:
             return
         stored = _stored_value(value)
-        now = cache._clock()
+        now = cache.engine.clock()
         age = -1.0 if stored is None else max(0.0, now - stored["stored"])
         if stored is None or age >= stored["ttl"] + stored["stale"]:
             # Not ours, or past its own stale window but not yet gone from the store (the
@@ -279,7 +287,7 @@ class ResponseCacheMiddleware:
 
     # -- the loader --------------------------------------------------------------------------
 
-    async def _load(self, request: Request, options: ReadOptions) -> dict[str, Any]:
+    async def _load(self, request: Request) -> Fresh[dict[str, Any]]:
         """Run the app for the cache. In the request's own task the response also goes to
         the client as soon as it is complete (so background tasks do not delay it); in a
         background refresh it is only captured."""
@@ -303,8 +311,6 @@ class ResponseCacheMiddleware:
             raise AppFailed(owner, incomplete)
         fresh = capture.freshness
         assert fresh is not None
-        # The read path resolves the TTL after this returns: set it from the response. The
-        # jitter only ever shortens it, so no entry outlives what the response allowed.
-        options.ttl = fresh[0] / (1.0 + self.cache._ttl.jitter)
-        options.keep = fresh[1]
-        return capture.value
+        # The response decides its own freshness; the jitter only ever shortens it, so no
+        # entry outlives what the response allowed.
+        return Fresh(capture.value, fresh[0], fresh[1])

@@ -28,7 +28,7 @@ class Command(BaseCommand):
             raise CommandError(f"{alias!r} is not a CACHES alias that uses cachelayer")
         cache = get_cache(alias)
         try:
-            count = cache.store.clear(cache._keys.prefix)
+            count = cache.store.clear(cache.engine.keys.prefix)
         except Exception as exc:
             raise CommandError(f"could not clear {alias!r}: {type(exc).__name__}: {exc}") from exc
         from django.conf import settings
@@ -39,6 +39,6 @@ class Command(BaseCommand):
                 "Restart the servers to clear theirs."
             )
         self.stdout.write(
-            f"Deleted {count} keys of {alias!r} (namespace {cache._keys.namespace!r}, "
-            f"version {cache._keys.version})."
+            f"Deleted {count} keys of {alias!r} (namespace {cache.engine.keys.namespace!r}, "
+            f"version {cache.engine.keys.version})."
         )

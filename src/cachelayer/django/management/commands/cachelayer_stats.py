@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...._cache import Cache, _redact
+from ...._cache import Cache
+from ...._redact import redact_url
 from ..._shared import get_cache
 from ...checks import cachelayer_aliases
 
@@ -27,15 +28,15 @@ def alias_report(alias: str) -> dict[str, Any]:
     from django.conf import settings
 
     cache = get_cache(alias)
-    keys = cache._keys
+    keys = cache.engine.keys
     report: dict[str, Any] = {
-        "location": _redact(settings.CACHES[alias].get("LOCATION") or "memory://"),
+        "location": redact_url(settings.CACHES[alias].get("LOCATION") or "memory://"),
         "namespace": keys.namespace,
         "version": keys.version,
-        "codec": cache._serializer.codec_name,
+        "codec": cache.engine.serializer.codec_name,
     }
     report.update(ping(cache))
-    report["breaker"] = cache._runner.breaker.state
+    report["breaker"] = cache.engine.runner.breaker.state
     report["stats"] = cache.stats.snapshot()
     return report
 
@@ -44,7 +45,7 @@ def ping(cache: Cache) -> dict[str, Any]:
     """One timed ``GET`` round trip to the store: ``ping_ms``, or ``ping_error``."""
     start = time.perf_counter()
     try:
-        cache.store.get(cache._keys.full("cachelayer:ping"))
+        cache.store.get(cache.engine.keys.full("cachelayer:ping"))
     except Exception as exc:
         return {"ping_ms": None, "ping_error": f"{type(exc).__name__}: {exc}"}
     return {"ping_ms": round((time.perf_counter() - start) * 1000, 3), "ping_error": None}

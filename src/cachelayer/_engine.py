@@ -1,0 +1,170 @@
+"""The engine: what every face of a Cache shares, behind one typed interface.
+
+A :class:`~cachelayer.Cache` builds one :class:`Engine` and hands it to everything that
+works on its entries: the read path (``_readpath``), the decorator, the Django backend and
+the FastAPI middleware. The engine holds the entry format (serializer and codecs), the
+clock and the random source, the TTL policy, the key builder, the lease settings, the
+counters, and the runner that performs store steps (breaker, fail-open, both shells).
+Nothing reaches into another module's private names; what a face may do is what this
+class offers. The import graph goes one way: faces -> engine -> runner -> stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ._envelope import Entry, Serializer
+from ._keys import KeyBuilder, derived_key
+from ._options import ErrorPolicy
+from ._policy import TtlPolicy
+from ._runner import StoreRunner
+from ._stats import RateLimitedLog, Stats
+from ._steps import Delete, SetMany
+from .errors import DecodeError
+
+__all__ = ["LEASE_SUFFIX", "Engine", "lease_key"]
+
+log = logging.getLogger("cachelayer.cache")
+
+LEASE_SUFFIX = "lease"
+
+
+def lease_key(key: str) -> str:
+    """The lease key of a value key (same Redis Cluster slot)."""
+    return derived_key(key, LEASE_SUFFIX)
+
+
+class Engine:
+    """The shared internals of one Cache.
+
+    Attributes (read them; the Cache owns their configuration):
+        serializer: the entry format (codec, compression, signing, type registry).
+        keys: turns caller keys and tags into store keys.
+        ttl: TTL classes and jitter.
+        stats: the counters.
+        runner: performs store steps and drives flows (``call``/``acall``,
+            ``drive``/``adrive`` are its methods, re-exported here).
+        lease_ttl: seconds a miss may take to load before its fill is refused.
+        lease_wait: seconds a miss waits for another process's fill.
+        tag_ttl: seconds a tag's token is kept.
+        raise_errors: plain calls raise ``StoreUnavailable`` (``on_error="raise"``).
+        clock: wall-clock seconds, as written into entries.
+        random: uniform ``[0, 1)`` draws for jitter and early refresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        runner: StoreRunner,
+        serializer: Serializer,
+        keys: KeyBuilder,
+        ttl: TtlPolicy,
+        stats: Stats,
+        clock: Callable[[], float],
+        random: Callable[[], float],
+        lease_ttl: float,
+        lease_wait: float,
+        tag_ttl: float,
+        raise_errors: bool,
+    ) -> None:
+        self.runner = runner
+        self.serializer = serializer
+        self.keys = keys
+        self.ttl = ttl
+        self.stats = stats
+        self.clock = clock
+        self.random = random
+        self.lease_ttl = lease_ttl
+        self.lease_wait = lease_wait
+        self.tag_ttl = tag_ttl
+        self.raise_errors = raise_errors
+        self.call = runner.call
+        self.acall = runner.acall
+        self.drive = runner.drive
+        self.adrive = runner.adrive
+        self._log = RateLimitedLog(log)
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """The clock in milliseconds, as entries record it."""
+        return int(self.clock() * 1000)
+
+    def encode(
+        self,
+        value: Any,
+        seconds: float | None,
+        duration_ms: int = 0,
+        negative: bool = False,
+        tags: Sequence[tuple[str, bytes]] = (),
+    ) -> bytes:
+        """An entry's bytes: ``value`` fresh for ``seconds`` from now (None: forever).
+
+        Raises:
+            TypeError: the value holds a type the codec cannot store exactly.
+        """
+        now = self.now_ms()
+        fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
+        return self.serializer.dumps(
+            value,
+            written_ms=now,
+            fresh_until_ms=fresh_until,
+            duration_ms=duration_ms,
+            negative=negative,
+            tags=tags,
+        )
+
+    def encode_error(
+        self,
+        exc_type: type[BaseException],
+        exc: BaseException,
+        seconds: float | None,
+        tags: Sequence[tuple[str, bytes]] = (),
+    ) -> bytes:
+        """A negative entry standing for ``exc`` (cached as ``exc_type``)."""
+        stored = {"error": ErrorPolicy.name(exc_type), "args": list(exc.args)}
+        try:
+            return self.encode(stored, seconds, negative=True, tags=tags)
+        except TypeError:  # args the codec cannot store: keep the type, drop the args
+            stored["args"] = []
+            return self.encode(stored, seconds, negative=True, tags=tags)
+
+    def decode(self, raw: bytes) -> Entry | None:
+        """The entry ``raw`` holds, or None (counted and logged) when it does not decode."""
+        try:
+            return self.serializer.loads(raw)
+        except DecodeError as exc:
+            self.stats.decode_errors += 1
+            self._log.log(
+                logging.WARNING,
+                "decode",
+                "cachelayer: an entry did not decode (%s); treated as a miss",
+                exc,
+            )
+            return None
+
+    def log_refresh_error(self, exc: BaseException) -> None:
+        """Log a failed background refresh (rate-limited; no key, no value)."""
+        self._log.log(
+            logging.WARNING,
+            "refresh",
+            "cachelayer: a background refresh failed (%s); the current value stays",
+            type(exc).__name__,
+        )
+
+    # -- steps the faces share ---------------------------------------------------------------
+
+    @staticmethod
+    def delete_step(store_keys: Iterable[str]) -> Delete:
+        """Delete these store keys and void the fills in flight for them (their leases)."""
+        doomed: list[str] = []
+        for key in store_keys:
+            doomed += (key, lease_key(key))
+        return Delete(doomed)
+
+    def invalidate_tags_step(self, tags: Iterable[str]) -> SetMany:
+        """Give each tag a new token: every entry stamped with the old one is a miss."""
+        return SetMany([(self.keys.tag(tag), os.urandom(8), self.tag_ttl) for tag in tags])
