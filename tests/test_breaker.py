@@ -79,3 +79,17 @@ def test_rejects_negative_settings() -> None:
     """Negative threshold or cooldown is an error."""
     with pytest.raises(ValueError, match="threshold"):
         CircuitBreaker(threshold=-1)
+
+
+def test_failures_of_one_incident_count_once() -> None:
+    """Calls that were in flight together when the store failed count as one failure:
+    a hundred callers timing out on one stall do not open the breaker by themselves."""
+    breaker = CircuitBreaker(threshold=3, cooldown=5.0, clock=FakeClock())
+    started = breaker.epoch  # a hundred calls start...
+    opened = [breaker.failure(started) for _ in range(100)]  # ...and fail together
+    assert opened == [False] * 100
+    assert breaker.state == "closed"
+    # Calls made after each failure fail too: a server that keeps failing opens it.
+    assert breaker.failure(breaker.epoch) is False
+    assert breaker.failure(breaker.epoch) is True
+    assert breaker.state == "open"

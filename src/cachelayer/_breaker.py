@@ -5,6 +5,13 @@ for ``cooldown`` seconds no call is attempted, so a dead Redis costs a compariso
 of a timeout. Then it is half-open: one caller probes the store; success closes the
 breaker, failure opens it for another cooldown. A probe that never reports back (its task
 was cancelled) is given up after one cooldown, so the breaker cannot stick open.
+
+Failures count per incident, not per caller: a call that was already in flight when
+another failure was counted does not count again (``failure(since=epoch)``). A stall of
+the server fails every call in flight at once -- a hundred coroutines sharing one
+connection, or sixty-four threads -- and that is one sign of a sick server, not a
+hundred; a server that keeps failing fails the calls made after each failure too, and
+those count.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class CircuitBreaker:
         self._open_until = 0.0  # 0.0 while closed
         self._probe_until = 0.0  # a probe is out until then
         self.opened = 0  # times the breaker opened, for stats
+        #: moves on at each counted failure; a caller reads it before its call
+        self.epoch = 0
 
     @property
     def state(self) -> str:
@@ -71,11 +80,19 @@ class CircuitBreaker:
                 self._open_until = 0.0
                 self._probe_until = 0.0
 
-    def failure(self) -> bool:
-        """Record a failed call; return True if this failure opened the breaker."""
+    def failure(self, since: int | None = None) -> bool:
+        """Record a failed call; return True if this failure opened the breaker.
+
+        Args:
+            since: the ``epoch`` read when the call started; the failure is not counted
+                if another one was counted meanwhile (the same incident).
+        """
         if not self.threshold:
             return False
         with self._lock:
+            if since is not None and since != self.epoch:
+                return False
+            self.epoch += 1
             self._failures += 1
             probing = self._open_until != 0.0
             if probing or self._failures >= self.threshold:

@@ -24,7 +24,7 @@ from ._refresh import Refresher
 from ._stats import RateLimitedLog, Stats
 from ._steps import FAILED, LEAD, LOAD, Flow, JoinFlight, Publish, Refresh, Sleep, StoreStep
 from .backends import AsyncStore, Store
-from .errors import StoreUnavailable
+from .errors import StoreBusy, StoreUnavailable
 
 __all__ = ["StoreRunner", "store_failures"]
 
@@ -37,7 +37,7 @@ def store_failures(store: object) -> tuple[type[BaseException], ...]:
     for the Redis store). Anything else -- a ``TypeError`` from our own code, say -- is a
     bug and raises: failing open must never hide it."""
     extra: tuple[type[BaseException], ...] = getattr(store, "failures", ())
-    return (OSError, asyncio.TimeoutError, *extra)
+    return (OSError, asyncio.TimeoutError, StoreBusy, *extra)
 
 
 class StoreRunner:
@@ -63,12 +63,14 @@ class StoreRunner:
     def call(self, step: StoreStep, raising: bool = False, invalidating: bool = False) -> Any:
         """Run one store step with a blocking call; a store failure gives :data:`FAILED`
         (or ``StoreUnavailable`` with ``raising``), feeds the breaker and is counted."""
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if not breaker.allow():
             return self._skipped(step.name, raising, invalidating)
+        epoch = breaker.epoch
         try:
             result = step.run(self.store)
         except self.failures as exc:
-            return self._failed(step.name, exc, raising, invalidating)
+            return self._failed(step.name, exc, raising, invalidating, epoch)
         self.breaker.success()
         return result
 
@@ -76,15 +78,17 @@ class StoreRunner:
         self, step: StoreStep, raising: bool = False, invalidating: bool = False
     ) -> Any:
         """``call`` for asyncio code."""
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if not breaker.allow():
             # Still a suspension point: a task that loops over cache reads while the
             # breaker is open must not starve the other tasks of its loop.
             await asyncio.sleep(0)
             return self._skipped(step.name, raising, invalidating)
+        epoch = breaker.epoch
         try:
             result = await step.arun(self.astore)
         except self.failures as exc:
-            return self._failed(step.name, exc, raising, invalidating)
+            return self._failed(step.name, exc, raising, invalidating, epoch)
         self.breaker.success()
         return result
 
@@ -96,8 +100,24 @@ class StoreRunner:
             raise StoreUnavailable(f"store {method} not attempted: the circuit breaker is open")
         return FAILED
 
-    def _failed(self, method: str, exc: BaseException, raising: bool, invalidating: bool) -> Any:
-        if self.breaker.failure():
+    def _failed(
+        self,
+        method: str,
+        exc: BaseException,
+        raising: bool,
+        invalidating: bool,
+        epoch: int | None = None,
+    ) -> Any:
+        if isinstance(exc, StoreBusy):
+            # This process's own congestion, not the server's health: the breaker is
+            # left alone, and the call fails open like any other.
+            self.stats.store_busy += 1
+            if invalidating:
+                self._invalidation_failed(method, "the store was busy")
+            if raising:
+                raise StoreUnavailable(f"store {method} not sent: {exc}") from exc
+            return FAILED
+        if self.breaker.failure(epoch):
             self.stats.breaker_opened += 1
             log.warning(
                 "cachelayer: circuit breaker opened after %d consecutive store failures; "

@@ -39,6 +39,7 @@ class Stats:
         "short_circuits",
         "stale_hits",
         "stale_on_error",
+        "store_busy",
         "store_errors",
     )
 
@@ -62,6 +63,7 @@ class Stats:
     short_circuits: int
     stale_hits: int
     stale_on_error: int
+    store_busy: int
     store_errors: int
 
     def __init__(self) -> None:

@@ -7,6 +7,10 @@ The hierarchy::
      │    ├── ConfigurationError        (also a ValueError) a Cache, URL or option is invalid
      │    ├── StoreUnavailable          the store failed and the Cache was built with
      │    │                             on_error="raise" (the store's own error is __cause__)
+     │    ├── LockError                 a Lock released by an object that does not hold it,
+     │    │                             acquired twice, or not obtained in time by ``with``
+     │    ├── StoreBusy                 raised by a store, never seen by callers: this process
+     │    │                             has too many calls in flight; the call was not sent
      │    └── DecodeError               stored bytes are not a valid cachelayer value; never
      │                                  escapes a Cache call, which treats it as a miss
      └── TypeError                      (builtin) a value of an unsupported type was given to
@@ -18,7 +22,14 @@ Errors a loader raises are never wrapped: they reach the caller unchanged.
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "ConfigurationError", "DecodeError", "StoreUnavailable"]
+__all__ = [
+    "CacheError",
+    "ConfigurationError",
+    "DecodeError",
+    "LockError",
+    "StoreBusy",
+    "StoreUnavailable",
+]
 
 
 class CacheError(Exception):
@@ -37,9 +48,28 @@ class StoreUnavailable(CacheError):
     """
 
 
+class LockError(CacheError):
+    """A lock was used wrongly or not obtained: released when this Lock object does not
+    hold it (never acquired, already released, or expired and maybe taken by another
+    holder), acquired again while this object holds it, or not obtained within
+    ``blocking_timeout`` by ``with`` / ``async with``."""
+
+
+class StoreBusy(CacheError):
+    """The client side is congested: every connection is in use and none came free in
+    time, or too many commands already wait on the connection. The call was not sent.
+
+    A store raises it; the Cache treats the call as a miss (fails open) and counts it as
+    ``store_busy``, but not as a store failure: a busy process is not a sick server, so it
+    never opens the circuit breaker.
+    """
+
+
 class DecodeError(CacheError):
     """Bytes read from the store are not a valid cachelayer envelope.
 
-    Raised by :func:`cachelayer.codecs.Serializer.loads`; a Cache never lets it reach its
-    caller: the entry counts as a miss and is overwritten by the next fill.
+    Raised when a stored entry is decoded (the private ``Serializer.loads`` in
+    ``cachelayer/_envelope.py``): bad magic, an unknown format version, codec or flag, a
+    signature that does not verify, or a payload its codec cannot read. A Cache never lets
+    it reach its caller: the entry counts as a miss and is overwritten by the next fill.
     """

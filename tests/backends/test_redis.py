@@ -9,10 +9,12 @@ import time
 import uuid
 import warnings
 
+import pytest
 import redis
 
 from cachelayer import Cache, CircuitBreaker
 from cachelayer.backends.redis import RedisStore
+from cachelayer.errors import StoreBusy
 from cachelayer.testing import RedisServer
 
 
@@ -68,7 +70,7 @@ def test_url_query_overrides_timeouts(redis_url: str) -> None:
     """socket_timeout in the URL wins over the default, and defaults are short."""
     default = RedisStore(redis_url)
     tuned = RedisStore(redis_url + "?socket_timeout=1.5")
-    assert default._pool.connection_kwargs["socket_timeout"] == 0.05
+    assert default._pool.connection_kwargs["socket_timeout"] == 0.1
     assert tuned._pool.connection_kwargs["socket_timeout"] == 1.5
     retry = default._pool.connection_kwargs["retry"]
     assert getattr(retry, "get_retries", lambda: retry._retries)() == 0  # redis-py 5.0: none
@@ -96,42 +98,84 @@ def test_forked_child_does_not_share_get_connections(redis_url: str) -> None:
     store = RedisStore(redis_url, socket_timeout=2.0)
     store.set("forkk", b"parent", 60.0)
     assert store.get("forkk") == b"parent"  # a connection now waits in the idle list
-    parent_conn = store._idle[-1]
+    parent_conn = store.get_connections._idle[-1]
     with warnings.catch_warnings():  # 3.12+ warns about fork in a threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: exit code 0 only if it used a connection of its own
         code = 1
         try:
-            ok = store.get("forkk") == b"parent" and store._idle[-1] is not parent_conn
+            ok = (
+                store.get("forkk") == b"parent"
+                and store.get_connections._idle[-1] is not parent_conn
+            )
             code = 0 if ok else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.get("forkk") == b"parent"
-    assert store._idle[-1] is parent_conn
+    assert store.get_connections._idle[-1] is parent_conn
     store.delete(["forkk"])
     store.close()
-    assert len(store._idle) == 0
+    assert len(store.get_connections._idle) == 0
 
 
-def test_a_failed_get_drops_its_connection(private_redis: RedisServer) -> None:
-    """A GET that fails never returns its connection to the idle list."""
+def test_a_failed_get_disconnects_its_connection(private_redis: RedisServer) -> None:
+    """A GET that fails leaves its connection disconnected (no half-read reply is ever
+    reused); the next GET on it reconnects."""
     store = RedisStore(private_redis.url, socket_timeout=2.0)
     assert store.get("k") is None
-    assert len(store._idle) == 1
+    (conn,) = store.get_connections._idle
+    assert conn._sock is not None
     private_redis.stop()
-    try:
+    with pytest.raises(redis.exceptions.ConnectionError):
         store.get("k")
-    except redis.exceptions.ConnectionError:
-        pass
-    else:
-        raise AssertionError("a GET on a stopped server succeeded")
-    assert len(store._idle) == 0
+    assert list(store.get_connections._idle) == [conn]
+    assert conn._sock is None
     private_redis.start()
-    assert store.get("k") is None  # a new connection
+    assert store.get("k") is None  # the same connection, reconnected
+    assert conn._sock is not None
     store.close()
+
+
+def test_threads_beyond_max_connections_wait_for_one(redis_url: str) -> None:
+    """More threads than connections: the extra ones wait for a free connection instead
+    of failing, and no more than max_connections GET connections are ever made."""
+    store = RedisStore(redis_url, socket_timeout=2.0, max_connections=2, pool_timeout=10.0)
+    store.set("waitk", b"v", 60.0)
+    barrier = threading.Barrier(16)
+    results: list[bytes | None] = []
+
+    def reader() -> None:
+        barrier.wait()
+        results.extend(store.get("waitk") for _ in range(50))
+
+    threads = [threading.Thread(target=reader) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [b"v"] * 800
+    assert store.get_connections._made <= 2
+    store.delete(["waitk"])
+    store.close()
+
+
+def test_no_free_connection_in_time_is_store_busy(redis_url: str) -> None:
+    """When every connection stays busy past pool_timeout the call raises StoreBusy, and
+    a Cache counts it as store_busy: a miss, not a store failure, the breaker closed."""
+    store = RedisStore(redis_url, socket_timeout=2.0, max_connections=1, pool_timeout=0.01)
+    held = store.get_connections.take()  # the only connection, held by "another thread"
+    with pytest.raises(StoreBusy):
+        store.get("k")
+    cache = Cache(store, namespace="busy", breaker=CircuitBreaker(threshold=1))
+    assert cache.get("k", "fallback") == "fallback"
+    assert cache.stats.store_busy == 1
+    assert cache.stats.store_errors == 0
+    assert cache.engine.runner.breaker.state == "closed"
+    store.get_connections.give(held)
+    cache.close()
 
 
 def _connections_named(client: redis.Redis, name: str) -> int:

@@ -3,10 +3,16 @@
 One connection pool per face (sync, async), short timeouts suited to a cache and no
 client-side retries: a cache that waits on a sick server costs more than the query it
 saves, and the Cache's circuit breaker decides when to try again. ``GET``, the one
-command on the hot path, is sent on a pooled connection directly rather than through
-redis-py's generic dispatch, and on a connection kept in a small lock-free free list
-rather than checked in and out of redis-py's pool each time: together those are most of
-redis-py's per-call cost (bench/bench_get.py).
+command on the hot path, is sent on a connection directly rather than through redis-py's
+generic dispatch, and on a connection kept in a small lock-free free list
+(:class:`_GetConnections`) rather than checked in and out of redis-py's pool each time:
+together those are most of redis-py's per-call cost (bench/bench_get.py).
+
+The sync face is made for many threads: both the GET connections and redis-py's pool for
+the other commands are bounded (``max_connections`` each), and a thread that finds every
+connection busy waits for one (up to ``pool_timeout``) instead of failing. A wait that
+runs out raises :class:`~cachelayer.errors.StoreBusy`, which the Cache counts apart from
+store failures: a process's own congestion never opens the circuit breaker.
 Guarded writes are Lua scripts, each touching one key and its lease (one cluster slot),
 and each using only ``GET``, ``SET`` and ``DEL``, so the least-privilege ACL user of
 docs/guide.md can run them. The asyncio face keeps one redis-py client per event loop
@@ -15,17 +21,18 @@ docs/guide.md can run them. The asyncio face keeps one redis-py client per event
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import inspect
 import os
-import socket
+import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreBusy
 from ._perloop import PerLoop
 from .base import AsyncStore, Item
 
@@ -35,8 +42,12 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRedisStore", "RedisStore"]
 
-DEFAULT_SOCKET_TIMEOUT = 0.05
-DEFAULT_CONNECT_TIMEOUT = 0.05
+DEFAULT_SOCKET_TIMEOUT = 0.1
+DEFAULT_CONNECT_TIMEOUT = 0.1
+#: Connections of each kind (GET's own, and redis-py's pool for the rest) per process.
+DEFAULT_MAX_CONNECTIONS = 128
+#: Seconds a thread waits for a free connection before its call fails open (StoreBusy).
+DEFAULT_POOL_TIMEOUT = 1.0
 
 # KEYS[1] value key, KEYS[2] lease; ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none)
 _FILL = """
@@ -136,11 +147,105 @@ _STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
 def _forget_connections_after_fork() -> None:
     for store in list(_STORES):
-        store._idle = deque()  # noqa: SLF001 - this module's own class
+        store.get_connections.forget()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
+class _GetConnections:
+    """The connections GET runs on: a lock-free free list, bounded, with a wait.
+
+    ``take`` pops an idle connection (deque pop/append are atomic, so the hot path takes
+    no lock); with none idle it makes one while fewer than ``limit`` exist, else waits
+    up to ``timeout`` for one to come back, then raises :class:`StoreBusy`. A connection
+    that failed mid-call is disconnected and still comes back: redis-py reconnects it on
+    its next command.
+    """
+
+    def __init__(self, make: Callable[[], Any], limit: int, timeout: float) -> None:
+        self._make = make
+        self.limit = limit
+        self.timeout = timeout
+        self._idle: deque[Any] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._made = 0
+        self._waiting = 0
+
+    def take(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._take_or_wait()
+
+    def _take_or_wait(self) -> Any:
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self._made < self.limit:
+                    self._made += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreBusy(
+                        f"all {self.limit} GET connections stayed busy for "
+                        f"{self.timeout:g} s (max_connections, pool_timeout)"
+                    )
+                self._waiting += 1
+                try:
+                    # Short slices: a connection given back without a notify (the
+                    # give-back path reads the waiter count without the lock) is found
+                    # on the next look.
+                    self._cond.wait(min(remaining, 0.005))
+                finally:
+                    self._waiting -= 1
+        try:
+            return self._make()
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+            raise
+
+    def give(self, conn: Any) -> None:
+        self._idle.append(conn)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, deque()
+        for conn in idle:
+            conn.disconnect()
+
+    def forget(self) -> None:
+        """After a fork: the parent's connections are not this process's to use."""
+        self._idle = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._made = self._waiting = 0
+
+
+@functools.cache
+def _busy_pool_class() -> type[Any]:
+    """redis-py's BlockingConnectionPool, raising StoreBusy when no connection came free
+    in time (a bound on this process's connections, not a sign of a sick server)."""
+    import redis
+
+    class BusyAwarePool(redis.BlockingConnectionPool):
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except redis.ConnectionError as exc:
+                if str(exc) == "No connection available.":
+                    raise StoreBusy(
+                        f"all {self.max_connections} connections stayed busy for "
+                        f"{self.timeout} s (max_connections, pool_timeout)"
+                    ) from exc
+                raise
+
+    return BusyAwarePool
 
 
 def _lease_result(reply: Any) -> bytes | bool:
@@ -177,6 +282,10 @@ class RedisStore:
             ``ssl_ca_certs``, ...) are passed to redis-py and override the keywords below.
         socket_timeout: seconds to wait for a reply before the call fails.
         connect_timeout: seconds to wait for a connection.
+        max_connections: most connections for GET, and most for the other commands,
+            in this process (threads beyond that wait for one).
+        pool_timeout: seconds a thread waits for a free connection before its call
+            fails open (counted as ``store_busy``, never as a store failure).
         client: an existing ``redis.Redis`` to use instead of building one from ``url``
             (the Cache will not close it). Its retry settings are its own.
         **options: further redis-py connection options (``max_connections``, ...).
@@ -188,6 +297,8 @@ class RedisStore:
         *,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         client: redis.Redis | None = None,
         **options: Any,
     ) -> None:
@@ -203,13 +314,20 @@ class RedisStore:
             **options,
         }
         self._owns_client = client is None
-        self.client: redis.Redis = client or redis_py.Redis.from_url(self.url, **self._options)
+        if client is None:
+            pool = _busy_pool_class().from_url(
+                self.url, max_connections=max_connections, timeout=pool_timeout, **self._options
+            )
+            client = redis_py.Redis(connection_pool=pool, retry=self._options["retry"])
+        self.client: redis.Redis = client
         self._pool = self.client.connection_pool
-        # Connections checked out of the pool for GET and kept between calls: deque
-        # pop/append are atomic, so threads share it without a lock.
-        self._idle: deque[Any] = deque()
+        #: the connections GET runs on (bounded like the pool, with the same wait)
+        self.get_connections = _GetConnections(
+            self._pool.make_connection,
+            getattr(self._pool, "max_connections", None) or max_connections,
+            pool_timeout,
+        )
         _STORES.add(self)
-        self._get_args = _get_connection_args(type(self._pool).get_connection)
         self._cmd: Callable[..., Any] = self.client.execute_command
         self._fill = self.client.register_script(_FILL)
         self._lease = self.client.register_script(_LEASE)
@@ -222,19 +340,16 @@ class RedisStore:
         self.failures: tuple[type[BaseException], ...] = (redis_py.RedisError,)
 
     def get(self, key: str) -> bytes | None:
-        idle = self._idle
-        try:
-            conn = idle.pop()
-        except IndexError:
-            conn = self._pool.get_connection(*self._get_args)
+        conns = self.get_connections
+        conn = conns.take()
         try:
             conn.send_command("GET", key)
             value: bytes | None = conn.read_response()
         except BaseException:
             conn.disconnect()  # never reuse a connection that may hold a half-read reply
-            self._pool.release(conn)
             raise
-        idle.append(conn)
+        finally:
+            conns.give(conn)
         return value
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -301,9 +416,7 @@ class RedisStore:
         return count
 
     def close(self) -> None:
-        idle, self._idle = self._idle, deque()
-        for conn in idle:
-            self._pool.release(conn)
+        self.get_connections.close()
         if self._owns_client:
             self.client.close()
 
@@ -313,135 +426,111 @@ class RedisStore:
         return self._async
 
 
-class _LoopClient:
-    """What the asyncio face holds per event loop: a client, its GET connections kept
-    between calls, and its registered scripts."""
+def _multiplexer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The Multiplexer's keywords for the sync store's redis-py options.
 
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
-        import redis.asyncio
+    Raises:
+        ConfigurationError: an option the asyncio face cannot honour.
+    """
+    mapped: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "socket_timeout":
+            mapped["timeout"] = value
+        elif name == "socket_connect_timeout":
+            mapped["connect_timeout"] = value
+        elif name == "client_name":
+            mapped[name] = value
+        elif name not in _SYNC_ONLY:
+            raise ConfigurationError(
+                f"option {name}={value!r} is not supported by the asyncio face of the Redis "
+                "store (it multiplexes one connection per event loop); put it in the URL "
+                "if it is a connection setting, or leave it out"
+            )
+    return mapped
 
-        # redis-py's asyncio client is only partly annotated: held as Any.
-        self.client: Any = redis.asyncio.Redis.from_url(url, **options)
-        self.pool: Any = self.client.connection_pool
-        self.get_args = _get_connection_args(type(self.pool).get_connection)
-        self.idle: deque[Any] = deque()
-        register = self.client.register_script
-        self.fill, self.lease, self.set_void = (
-            register(_FILL),
-            register(_LEASE),
-            register(_SET_VOID),
-        )
-        self.swap, self.delete_if = register(_SWAP), register(_DELETE_IF)
 
-    async def aclose(self) -> None:
-        """Close in the client's own loop: return the GET connections, close the pool."""
-        while self.idle:
-            await self.pool.release(self.idle.pop())
-        close = getattr(self.client, "aclose", None) or self.client.close  # redis-py < 5.0.1
-        await close()
-
-    def discard(self) -> None:
-        """Release the connections when their loop is gone: shut each socket down, so the
-        server drops the client now. asyncio cannot close a transport without its loop,
-        and redis-py has no loopless close: its connections are detached from their
-        streams here (their ``__del__`` would close through the dead loop, which raises
-        on redis-py 5.0), and each socket is closed when its transport is collected."""
-        pool = self.pool
-        conns = [
-            *self.idle,
-            *getattr(pool, "_available_connections", ()),
-            *getattr(pool, "_in_use_connections", ()),
-        ]
-        self.idle.clear()
-        for conn in conns:
-            writer = getattr(conn, "_writer", None)
-            sock = writer.get_extra_info("socket") if writer is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            if writer is not None:  # redis-py has no public loopless close (see above)
-                conn._reader = conn._writer = None  # noqa: SLF001
+# redis-py options that shape the sync face's pool and retries only.
+_SYNC_ONLY = frozenset({"retry", "max_connections", "pool_timeout", "health_check_interval"})
 
 
 class AsyncRedisStore:
-    """Asyncio face of :class:`RedisStore`.
+    """Asyncio face of :class:`RedisStore`: every coroutine's commands pipelined on one
+    connection per event loop (:class:`~cachelayer.backends._multiplex.Multiplexer`).
 
-    redis-py's asyncio connections belong to the event loop that opened them, so the
-    face keeps one client per event loop (:class:`~cachelayer.backends._perloop.PerLoop`),
-    built on first use in that loop and closed when the loop ends: threads that each run
-    their own loop, and a test suite or a framework that runs several loops in turn, each
-    get a working client of their own, and no more than one.
+    Concurrent calls issued in one loop iteration leave in one write and their replies
+    are matched in order, so a hundred coroutines cost one socket and a few system calls
+    instead of a hundred of each; a lone caller's command is written at once. A reply
+    times out only when it has not *arrived* within ``socket_timeout`` of being written,
+    never because the loop was busy. Past ``max_pending`` commands waiting on the
+    connection a call fails at once (:class:`~cachelayer.errors.StoreBusy`, a miss that
+    never opens the breaker).
+
+    A connection belongs to the event loop that opened it, so the face keeps one per
+    loop (:class:`~cachelayer.backends._perloop.PerLoop`), built on first use there and
+    closed when the loop ends.
     """
 
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, options: dict[str, Any], max_pending: int = 10_000) -> None:
         self.url = url
-        self._options = dict(options)
-        from redis.asyncio.retry import Retry as AsyncRetry
-        from redis.backoff import NoBackoff
+        from ._multiplex import Multiplexer
 
-        self._options["retry"] = AsyncRetry(NoBackoff(), 0)
-        self.clients: PerLoop[_LoopClient] = PerLoop(
-            lambda: _LoopClient(self.url, self._options),
-            aclose=_LoopClient.aclose,
-            discard=_LoopClient.discard,
+        settings = {**_multiplexer_options(options), "max_pending": max_pending}
+        Multiplexer.from_url(url, **settings)  # the URL and options are checked now
+        self.clients: PerLoop[Multiplexer] = PerLoop(
+            lambda: Multiplexer.from_url(url, **settings),
+            aclose=Multiplexer.close,
+            discard=Multiplexer.discard,
         )
+        #: what this face raises when Redis fails (as the sync face)
+        self.failures: tuple[type[BaseException], ...] = (_import_redis().RedisError,)
 
     async def get(self, key: str) -> bytes | None:
-        here = self.clients.get()
-        idle = here.idle
-        conn = idle.pop() if idle else await here.pool.get_connection(*here.get_args)
-        try:
-            await conn.send_command("GET", key)
-            value: bytes | None = await conn.read_response()
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            await here.pool.release(conn)
-            raise
-        idle.append(conn)
+        value: bytes | None = await self.clients.get().execute("GET", key)
         return value
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(await self.clients.get().client.execute_command("MGET", *keys))
+        return list(await self.clients.get().execute("MGET", *keys))
 
     async def set(
         self, key: str, value: bytes, ttl: float | None, void: str | None = None
     ) -> None:
         here = self.clients.get()
         if void is None:
-            await here.client.execute_command(*_set_args(key, value, ttl))
+            await here.execute(*_set_args(key, value, ttl))
         else:
-            await here.set_void(keys=[key, void], args=[value, _ms(ttl)])
+            await here.evalsha(_SET_VOID, [key, void], [value, _ms(ttl)])
 
     async def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
         here = self.clients.get()
-        pipe = here.client.pipeline(transaction=False)
-        for i, (key, value, ttl) in enumerate(items):
-            if i < len(void):
-                await here.set_void(keys=[key, void[i]], args=[value, _ms(ttl)], client=pipe)
-            else:
-                pipe.execute_command(*_set_args(key, value, ttl))
-        await pipe.execute()
+        # Issued together, the writes leave in one batch (one round trip).
+        await asyncio.gather(
+            *(
+                here.evalsha(_SET_VOID, [key, void[i]], [value, _ms(ttl)])
+                if i < len(void)
+                else here.execute(*_set_args(key, value, ttl))
+                for i, (key, value, ttl) in enumerate(items)
+            )
+        )
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return int(await self.clients.get().client.execute_command("DEL", *keys))
+        return int(await self.clients.get().execute("DEL", *keys))
 
     async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
-        client = self.clients.get().client
-        return bool(await client.execute_command(*_set_args(key, value, ttl), "NX"))
+        return bool(await self.clients.get().execute(*_set_args(key, value, ttl), "NX"))
 
     async def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
-        reply = await self.clients.get().lease(keys=[key, lease], args=[token, _ms(ttl)])
+        reply = await self.clients.get().evalsha(_LEASE, [key, lease], [token, _ms(ttl)])
         return _lease_result(reply)
 
     async def fill(
         self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes
     ) -> bool:
-        fill = self.clients.get().fill
-        return bool(await fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
+        here = self.clients.get()
+        return bool(await here.evalsha(_FILL, [key, lease], [token, value, _ms(ttl)]))
 
     async def swap(
         self,
@@ -452,29 +541,36 @@ class AsyncRedisStore:
         void: str | None = None,
         keep_ttl: bool = False,
     ) -> bool:
-        swap = self.clients.get().swap
-        return bool(await swap(**_swap_args(key, expected, value, ttl, void, keep_ttl)))
+        args = _swap_args(key, expected, value, ttl, void, keep_ttl)
+        return bool(await self.clients.get().evalsha(_SWAP, args["keys"], args["args"]))
 
     async def delete_if(self, key: str, token: bytes) -> bool:
-        return bool(await self.clients.get().delete_if(keys=[key], args=[token]))
+        return bool(await self.clients.get().evalsha(_DELETE_IF, [key], [token]))
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
-        client = self.clients.get().client
-        async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-            yield _key_str(key)
+        here = self.clients.get()
+        cursor: bytes | int = 0
+        while True:
+            cursor, keys = await here.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT
+            )
+            for key in keys:
+                yield _key_str(key)
+            if cursor in (0, b"0"):
+                return
 
     async def clear(self, prefix: str) -> int:
-        client = self.clients.get().client
+        here = self.clients.get()
         count = 0
         for pattern in (prefix + "*", "{" + prefix + "*"):
-            batch: list[bytes] = []
-            async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+            batch: list[str] = []
+            async for key in self.scan(pattern):
                 batch.append(key)
                 if len(batch) >= 1000:
-                    count += await client.unlink(*batch)
+                    count += int(await here.execute("UNLINK", *batch))
                     batch.clear()
             if batch:
-                count += await client.unlink(*batch)
+                count += int(await here.execute("UNLINK", *batch))
         return count
 
     async def close(self) -> None:
