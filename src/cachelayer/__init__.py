@@ -16,6 +16,7 @@ from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._codecs import TypeRegistry
 from ._decorator import AsyncCachedFunction, CacheDecorator, CachedFunction
+from ._lock import Lock, LockError
 from ._options import Fresh
 from ._policy import DEFAULT
 from .errors import CacheError, ConfigurationError, DecodeError, StoreUnavailable
@@ -50,6 +51,8 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "Fresh",
+    "Lock",
+    "LockError",
     "StoreUnavailable",
     "TypeRegistry",
     "__version__",

@@ -19,6 +19,7 @@ from ._decorator import CacheDecorator, make_cached
 from ._engine import Engine, lease_key
 from ._envelope import Serializer
 from ._keys import KeyBuilder
+from ._lock import Lock
 from ._options import ErrorPolicy, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
 from ._readpath import plain_get, read_through
@@ -432,6 +433,55 @@ class Cache:
         step = Clear(self.engine.keys.prefix)
         result = await self.engine.acall(step, self.engine.raise_errors, True)
         return 0 if result is FAILED else int(result)
+
+    # -- locks -----------------------------------------------------------------------------
+
+    def lock(
+        self,
+        name: str,
+        timeout: float | None = None,
+        blocking_timeout: float | None = None,
+        sleep: float = 0.1,
+    ) -> Lock:
+        """A lock named ``name`` in this Cache's store, for threads, tasks and processes.
+
+        The lock is the store key of the caller key ``"lock:" + name`` (so
+        ``<namespace>:v<version>:lock:<name>``; keep your own keys out of ``lock:``).
+        Taking it is an atomic add of a random token; releasing it deletes the key only
+        if it still holds that token. Unlike the cache calls, a lock never fails open:
+        with the store down, acquiring raises
+        :class:`~cachelayer.errors.StoreUnavailable`. :meth:`clear` deletes held locks
+        too.
+
+        Each holder makes its own Lock object (it remembers its token)::
+
+            with cache.lock("report:42", timeout=60, blocking_timeout=5):
+                build_report(42)
+
+            async with cache.lock("report:42", timeout=60):
+                await abuild_report(42)
+
+        Args:
+            name: the lock's name; any non-empty ``str``.
+            timeout: seconds after which a held lock frees itself (a crashed holder
+                cannot block others forever); ``None``: held until released.
+            blocking_timeout: seconds ``acquire`` (and ``with``) waits at most; ``None``
+                waits as long as it takes.
+            sleep: seconds between attempts while waiting.
+
+        Returns:
+            A :class:`~cachelayer.Lock`, not yet acquired.
+
+        Raises:
+            TypeError: ``name`` is not a ``str``.
+            ValueError: ``name`` is empty, or a timeout or ``sleep`` is out of range.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"a lock name is a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("a lock name is a non-empty str")
+        key = self.engine.keys.full("lock:" + name)
+        return Lock(self.engine.runner, key, timeout, blocking_timeout, sleep)
 
     @property
     def store(self) -> Store:

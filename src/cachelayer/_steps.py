@@ -27,11 +27,13 @@ __all__ = [
     "Add",
     "Clear",
     "Delete",
+    "DeleteIf",
     "Fill",
     "Flow",
     "Get",
     "GetMany",
     "JoinFlight",
+    "Keys",
     "Lease",
     "Load",
     "Publish",
@@ -254,6 +256,41 @@ class Swap(StoreStep):
 
     def arun(self, store: AsyncStore) -> Awaitable[bool]:
         return store.swap(self.key, self.expected, self.value, self.ttl, self.void, self.keep_ttl)
+
+
+class DeleteIf(StoreStep):
+    """``store.delete_if(key, token)``: delete only if ``key`` holds exactly ``token``."""
+
+    __slots__ = ("key", "token")
+    name = "delete_if"
+
+    def __init__(self, key: str, token: bytes) -> None:
+        self.key, self.token = key, token
+
+    def run(self, store: Store) -> bool:
+        return store.delete_if(self.key, self.token)
+
+    def arun(self, store: AsyncStore) -> Awaitable[bool]:
+        return store.delete_if(self.key, self.token)
+
+
+class Keys(StoreStep):
+    """``store.scan(pattern)`` walked to the end: the matching keys, each once, as a list.
+
+    (Redis ``SCAN`` may return a key twice; the list holds it once, in first-seen order.)
+    """
+
+    __slots__ = ("pattern",)
+    name = "scan"
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def run(self, store: Store) -> list[str]:
+        return list(dict.fromkeys(store.scan(self.pattern)))
+
+    async def arun(self, store: AsyncStore) -> list[str]:
+        return list(dict.fromkeys([key async for key in store.scan(self.pattern)]))
 
 
 class Clear(StoreStep):

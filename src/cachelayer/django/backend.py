@@ -14,6 +14,10 @@ Read-modify-writes (``add``, ``incr``/``decr``, ``touch``) are written once as
 generators that yield store steps, driven by :meth:`CacheBackend._run` with blocking
 calls or by :meth:`CacheBackend._arun` with ``await``; each conditional write is an
 atomic compare-and-set (the store's ``swap``), retried when another writer won.
+
+django-redis's extras (``ttl``, ``expire``, ``persist``, ``delete_pattern``, ``keys``,
+``iter_keys``, ``lock``) are here too, with their async twins; patterns are mapped
+through Django's key function by ``_keymap.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -30,10 +34,12 @@ from django.core.exceptions import ImproperlyConfigured
 from .._cache import Cache
 from .._engine import lease_key
 from .._envelope import Entry
-from .._steps import FAILED, Flow, Get, SetMany, Swap
+from .._lock import Lock
+from .._steps import FAILED, Flow, Get, Keys, SetMany, Swap
 from ..backends import MemoryStore, Store, store_from_url
 from ..backends.redis import RedisStore
 from ..errors import CacheError, ConfigurationError
+from ._keymap import KeyTemplate, escape, glob_escape
 from ._shared import SharedCache, shared_cache
 from ._types import register_django_types
 
@@ -42,6 +48,8 @@ __all__ = ["CacheBackend"]
 #: A read-modify-write that loses this many races in a row gives up (a livelock guard:
 #: every lost race means another writer of the same key made progress).
 MAX_SWAPS = 1000
+#: delete_pattern() deletes the keys it found in steps of this many (and their leases).
+DELETE_BATCH = 500
 
 # OPTIONS that configure Django's own backends, not a Cache: what to use instead.
 _NOT_OPTIONS = {
@@ -66,14 +74,6 @@ def _store_for(location: str) -> Store:
             assert isinstance(parsed, MemoryStore)
             store = _memory_stores[location] = parsed
         return store
-
-
-def _escape(key: str) -> str:
-    """Make a Django key safe as a cachelayer key, injectively: ``%``, ``{`` and ``}`` are
-    percent-encoded, so no Django key can hold a stray ``}`` or act as a hash tag."""
-    if "%" in key or "{" in key or "}" in key:
-        return key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-    return key
 
 
 def _dont_store(seconds: float | None) -> bool:
@@ -156,7 +156,7 @@ class CacheBackend(BaseCache):
         """Django's key (``KEY_PREFIX:VERSION:key``, or ``KEY_FUNCTION``'s), validated
         as Django's backends do (a ``CacheKeyWarning`` for memcached-unsafe keys), then
         escaped for cachelayer; the Cache adds its namespace in front."""
-        return _escape(self.make_and_validate_key(key, version=version))
+        return escape(self.make_and_validate_key(key, version=version))
 
     def _seconds(self, timeout: Any) -> float | None:
         """Seconds to keep an entry; ``None`` never expires; <= 0 means do not store."""
@@ -215,8 +215,12 @@ class CacheBackend(BaseCache):
             expected = raw
         return False
 
-    def _touch_flow(self, key: Any, timeout: Any, version: int | None) -> Flow:
-        """Give a live entry a new expiry: rewrite its envelope if it is unchanged."""
+    def _touch_flow(
+        self, key: Any, timeout: Any, version: int | None, persist: bool = False
+    ) -> Flow:
+        """Give a live entry a new expiry: rewrite its envelope if it is unchanged.
+
+        With ``persist``, an entry that has no expiry already is left alone (False)."""
         engine = self.cache.engine
         full = engine.keys.full(self._key(key, version))
         seconds = self._seconds(timeout)
@@ -230,7 +234,7 @@ class CacheBackend(BaseCache):
         for _ in range(MAX_SWAPS):
             raw = yield Get(full)
             entry = None if raw is None or raw is FAILED else self._live(raw)
-            if entry is None:
+            if entry is None or (persist and not entry.fresh_until_ms):
                 return False
             payload = engine.encode(entry.value, seconds, entry.duration_ms, tags=entry.tags)
             done = yield Swap(full, raw, payload, seconds, None)
@@ -271,6 +275,36 @@ class CacheBackend(BaseCache):
         raise CacheError(
             f"incr(): key '{key}' changed {MAX_SWAPS} times while it was being updated"
         )
+
+    def _pttl(self, raw: Any) -> int | None:
+        """Milliseconds the entry ``raw`` has left: 0 when absent, None for no expiry."""
+        entry = None if raw is None or raw is FAILED else self._live(raw)
+        if entry is None:
+            return 0
+        if not entry.fresh_until_ms:
+            return None
+        return max(1, entry.fresh_until_ms - self.cache.engine.now_ms())
+
+    def _glob(self, pattern: str, version: int | None) -> tuple[str, KeyTemplate]:
+        """The store glob for Django keys matching ``pattern`` (only ``pattern`` is a glob:
+        namespace, ``KEY_PREFIX`` and version match literally), and the key template."""
+        if not isinstance(pattern, str):
+            raise TypeError(f"a key pattern is a str, not {type(pattern).__name__}")
+        template = KeyTemplate(lambda key, v: self.make_key(key, version=v), version)
+        return glob_escape(self.cache.engine.keys.prefix) + template.glob(pattern), template
+
+    def _matchable(self, found: Any) -> list[str]:
+        """The store keys of a scan that a pattern can stand for: not hashed long keys."""
+        if found is FAILED:
+            return []
+        limit = self.cache.engine.keys.max_length
+        return [key for key in found if len(key) < limit]
+
+    def _callers_keys(self, found: Any, template: KeyTemplate) -> list[str]:
+        """The Django keys callers used, for the store keys of a scan."""
+        start = len(self.cache.engine.keys.prefix)
+        names = (template.reverse(key[start:]) for key in self._matchable(found))
+        return [name for name in names if name is not None]
 
     def _set_many_step(
         self, data: dict[Any, Any], seconds: float | None, version: int | None
@@ -447,6 +481,130 @@ class CacheBackend(BaseCache):
 
     async def aclear(self) -> None:
         await self.cache.aclear()
+
+    # -- django-redis's extras -----------------------------------------------------------
+    #
+    # The methods django-redis adds to Django's API, on cachelayer's entries (docs/django.md,
+    # "Migrating from django-redis"). Expiry lives in each entry's envelope, so ttl() reads
+    # the entry and expire()/persist() rewrite it under compare-and-set, as touch() does.
+
+    def ttl(self, key: Any, version: int | None = None) -> int | None:
+        """Seconds the key has left (rounded up): 0 when it is absent (or the store is
+        down), None when it never expires."""
+        ms = self.pttl(key, version)
+        return None if ms is None else math.ceil(ms / 1000)
+
+    async def attl(self, key: Any, version: int | None = None) -> int | None:
+        ms = await self.apttl(key, version)
+        return None if ms is None else math.ceil(ms / 1000)
+
+    def pttl(self, key: Any, version: int | None = None) -> int | None:
+        """``ttl`` in milliseconds."""
+        step = Get(self.cache.engine.keys.full(self._key(key, version)))
+        return self._pttl(self.cache.engine.call(step, self._raise))
+
+    async def apttl(self, key: Any, version: int | None = None) -> int | None:
+        step = Get(self.cache.engine.keys.full(self._key(key, version)))
+        return self._pttl(await self.cache.engine.acall(step, self._raise))
+
+    def expire(self, key: Any, timeout: float | None, version: int | None = None) -> bool:
+        """Give a live key a new timeout in seconds (``None``: never expires; <= 0: delete
+        it); True if the key was there. ``touch`` with a timeout you must give."""
+        return bool(self._run(self._touch_flow(key, timeout, version)))
+
+    async def aexpire(self, key: Any, timeout: float | None, version: int | None = None) -> bool:
+        return bool(await self._arun(self._touch_flow(key, timeout, version)))
+
+    def persist(self, key: Any, version: int | None = None) -> bool:
+        """Make a live key never expire; True if it had a timeout (as Redis's PERSIST:
+        False when the key is absent or never expired anyway)."""
+        return bool(self._run(self._touch_flow(key, None, version, persist=True)))
+
+    async def apersist(self, key: Any, version: int | None = None) -> bool:
+        return bool(await self._arun(self._touch_flow(key, None, version, persist=True)))
+
+    def delete_pattern(self, pattern: str, version: int | None = None) -> int:
+        """Delete this cache's keys that match the glob ``pattern`` (and void the loads in
+        flight for them); returns how many were found and deleted.
+
+        ``pattern`` is a Redis glob over the keys callers use (``"user:*"``); the
+        namespace, ``KEY_PREFIX`` and version around it match literally. The store is
+        walked with SCAN (never KEYS) and the keys are deleted in batches. Keys longer than
+        the Cache's ``max_key_length`` are stored hashed and never match. A store failure
+        counts as an invalidation error (and stops the walk), as other deletes do.
+
+        Raises:
+            ValueError: the KEY_FUNCTION hides the key (patterns need it unchanged).
+        """
+        engine = self.cache.engine
+        glob, _ = self._glob(pattern, version)
+        found = self._matchable(engine.call(Keys(glob), self._raise, True))
+        count = 0
+        for start in range(0, len(found), DELETE_BATCH):
+            batch = found[start : start + DELETE_BATCH]
+            if engine.call(engine.delete_step(batch), self._raise, True) is FAILED:
+                break
+            count += len(batch)
+        return count
+
+    async def adelete_pattern(self, pattern: str, version: int | None = None) -> int:
+        engine = self.cache.engine
+        glob, _ = self._glob(pattern, version)
+        found = self._matchable(await engine.acall(Keys(glob), self._raise, True))
+        count = 0
+        for start in range(0, len(found), DELETE_BATCH):
+            batch = found[start : start + DELETE_BATCH]
+            if await engine.acall(engine.delete_step(batch), self._raise, True) is FAILED:
+                break
+            count += len(batch)
+        return count
+
+    def keys(self, pattern: str, version: int | None = None) -> list[str]:
+        """The keys (as callers wrote them) of this cache that match the glob ``pattern``,
+        found with SCAN; none when the store is down. See :meth:`delete_pattern` for what
+        the pattern matches. An entry past its timeout may be listed until the store
+        drops it.
+
+        Raises:
+            ValueError: the KEY_FUNCTION hides the key (patterns need it unchanged).
+        """
+        glob, template = self._glob(pattern, version)
+        return self._callers_keys(self.cache.engine.call(Keys(glob), self._raise), template)
+
+    async def akeys(self, pattern: str, version: int | None = None) -> list[str]:
+        glob, template = self._glob(pattern, version)
+        found = await self.cache.engine.acall(Keys(glob), self._raise)
+        return self._callers_keys(found, template)
+
+    def iter_keys(self, pattern: str, version: int | None = None) -> Iterator[str]:
+        """:meth:`keys` as an iterator (the walk happens when this is called)."""
+        return iter(self.keys(pattern, version))
+
+    async def aiter_keys(self, pattern: str, version: int | None = None) -> AsyncIterator[str]:
+        for key in await self.akeys(pattern, version):
+            yield key
+
+    def lock(
+        self,
+        key: Any,
+        version: int | None = None,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking_timeout: float | None = None,
+    ) -> Lock:
+        """A lock named by a Django key (``KEY_PREFIX``/``VERSION`` applied), for threads
+        and processes, sync (``with``) and async (``async with``): see
+        :meth:`cachelayer.Cache.lock`. It never fails open: with the store down,
+        acquiring raises :class:`~cachelayer.StoreUnavailable`.
+
+        Args:
+            key: the lock's name, mapped as every key of this backend.
+            version: the Django cache version (default ``VERSION``).
+            timeout: seconds after which a held lock frees itself; ``None``: never.
+            sleep: seconds between attempts while waiting.
+            blocking_timeout: seconds ``acquire`` waits at most; ``None``: no limit.
+        """
+        return self.cache.lock(self._key(key, version), timeout, blocking_timeout, sleep)
 
     def close(self, **kwargs: Any) -> None:
         """Nothing to do: Django calls this after every request, and the connections are
