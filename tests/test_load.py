@@ -87,7 +87,7 @@ def coroutines(cache: Cache, n: int, many: bool = False) -> Tally:
 
         async def caller(i: int) -> None:
             j = i
-            while loop.time() < stop:
+            while True:  # at least one call each, however late the caller starts
                 j += 1
                 try:
                     if many:
@@ -100,6 +100,8 @@ def coroutines(cache: Cache, n: int, many: bool = False) -> Tally:
                 except Exception as exc:
                     tally.raised.append(exc)
                 tally.calls += 1
+                if loop.time() >= stop:
+                    return
 
         await asyncio.gather(*(caller(i) for i in range(n)))
         await cache.aclose()
@@ -119,7 +121,7 @@ def threads(cache: Cache, n: int) -> Tally:
         stop = time.monotonic() + SECONDS
         calls = misses = 0
         j = i
-        while time.monotonic() < stop:
+        while True:  # at least one call each
             j += 1
             try:
                 misses += cache.get(f"user:{j % KEYS}") is None
@@ -127,6 +129,8 @@ def threads(cache: Cache, n: int) -> Tally:
                 with lock:
                     tally.raised.append(exc)
             calls += 1
+            if time.monotonic() >= stop:
+                break
         with lock:
             tally.calls += calls
             tally.misses += misses

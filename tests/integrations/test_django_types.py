@@ -313,6 +313,99 @@ def test_the_backend_cache_stores_models_by_default(db: None) -> None:
             backend.cache.close()
 
 
+# -- querysets ---------------------------------------------------------------------------------
+
+
+def _loaded(obj: Model) -> dict[str, Any]:
+    """The loaded field values of an instance, by attname: what a read back must equal."""
+    return {
+        f.attname: obj.__dict__[f.attname]
+        for f in obj._meta.concrete_fields
+        if f.attname in obj.__dict__
+    }
+
+
+def test_queryset_is_stored_as_its_rows(db: None, dcache: Cache) -> None:
+    """A QuerySet is stored as its rows and reads back as a list of equal instances."""
+    for name in ("Ada", "Bob", "Cy"):
+        make_customer(name=name)
+    queryset = Customer.objects.order_by("name")
+    back = round_trip(dcache, queryset)
+    assert type(back) is list
+    assert back == list(queryset)
+    for got, want in zip(back, queryset, strict=True):
+        assert_same_instance(got, want)
+
+
+def test_deferred_queryset_writes_without_a_query(db: None, dcache: Cache) -> None:
+    """An evaluated defer() queryset is written and read with no query, still deferred."""
+    for name in ("Ada", "Bob"):
+        make_customer(name=name)
+    queryset = Customer.objects.defer("prefs", "avatar").order_by("name")
+    rows = list(queryset)  # evaluated, as by a view that rendered it before caching it
+    with CaptureQueriesContext(connection) as queries:
+        dcache.set("k", queryset)
+    assert len(queries) == 0
+    with CaptureQueriesContext(connection) as queries:
+        back = dcache.get("k")
+    assert len(queries) == 0
+    assert type(back) is list
+    assert [_loaded(o) for o in back] == [_loaded(o) for o in rows]
+    for got, want in zip(back, rows, strict=True):
+        assert_same_instance(got, want)
+        assert got.get_deferred_fields() == {"prefs", "avatar"}
+
+
+def test_unevaluated_queryset_runs_only_its_own_query(db: None, dcache: Cache) -> None:
+    """An unevaluated queryset costs its own one query to store, none per deferred row."""
+    for name in ("Ada", "Bob", "Cy"):
+        make_customer(name=name)
+    queryset = Customer.objects.only("name").order_by("name")
+    with CaptureQueriesContext(connection) as queries:
+        dcache.set("k", queryset)
+    assert len(queries) == 1
+    back = dcache.get("k")
+    assert [o.name for o in back] == ["Ada", "Bob", "Cy"]
+    assert all(o.get_deferred_fields() for o in back)
+
+
+def test_values_querysets_are_stored_as_their_rows(db: None, dcache: Cache) -> None:
+    """values()/values_list() querysets read back as lists of dicts, tuples or values."""
+    for name in ("Ada", "Bob"):
+        make_customer(name=name)
+    ordered = Customer.objects.order_by("name")
+    assert round_trip(dcache, ordered.values("name", "balance")) == [
+        {"name": "Ada", "balance": Decimal("1234.50")},
+        {"name": "Bob", "balance": Decimal("1234.50")},
+    ]
+    assert round_trip(dcache, ordered.values_list("name", "score")) == [
+        ("Ada", 2.5),
+        ("Bob", 2.5),
+    ]
+    assert round_trip(dcache, ordered.values_list("name", flat=True)) == ["Ada", "Bob"]
+    assert round_trip(dcache, Customer.objects.none()) == []
+
+
+def test_the_backend_cache_stores_querysets(db: None) -> None:
+    """cache.set(key, deferred_queryset) through CacheBackend works, as in Django's tests."""
+    from django.core.cache import caches
+
+    make_customer()
+    queryset = Customer.objects.defer("prefs")
+    with override_settings(
+        CACHES={"default": {"BACKEND": "cachelayer.django.CacheBackend", "LOCATION": "memory://"}}
+    ):
+        backend = caches["default"]
+        try:
+            backend.set("deferred_queryset", queryset)
+            back = backend.get("deferred_queryset")
+            assert back == list(queryset)
+            assert back[0].get_deferred_fields() == {"prefs"}
+        finally:
+            backend.clear()
+            backend.cache.close()
+
+
 def _now() -> dt.datetime:
     return dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

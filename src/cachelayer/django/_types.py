@@ -1,10 +1,12 @@
-"""Django's model instances and ``HttpResponse`` objects for cachelayer's safe codecs.
+"""Django's model instances, querysets and ``HttpResponse`` objects for cachelayer's safe
+codecs.
 
 Each is one family registration (``TypeRegistry.register(..., subclasses=True)``): every
 model class, and every ``HttpResponseBase`` subclass, is covered under one stored name,
 and the stored data says which class to rebuild. Loading rebuilds only what it knows:
 a model of Django's app registry (by its label, never an import path), or one of
-``django.http``'s own response classes. docs/django.md describes both payloads.
+``django.http``'s own response classes. Every ``QuerySet`` is stored as its rows and read
+back as a list of them, with no class to rebuild. docs/django.md describes the payloads.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from http.cookies import Morsel
 from typing import Any
 
 from django.apps import apps
-from django.db.models import Choices, Model
+from django.db.models import Choices, Model, QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import (
     HttpResponse,
@@ -32,9 +34,15 @@ from django.http.response import HttpResponseBase, ResponseHeaders
 
 from .._cache import Cache
 
-__all__ = ["MODEL_TYPE_NAME", "RESPONSE_TYPE_NAME", "register_django_types"]
+__all__ = [
+    "MODEL_TYPE_NAME",
+    "QUERYSET_TYPE_NAME",
+    "RESPONSE_TYPE_NAME",
+    "register_django_types",
+]
 
 MODEL_TYPE_NAME = "django.Model"
+QUERYSET_TYPE_NAME = "django.QuerySet"
 RESPONSE_TYPE_NAME = "django.HttpResponse"
 
 # Field values of these types are stored as they are; anything else is looked at once.
@@ -44,8 +52,8 @@ _MAX_RELATED_DEPTH = 16
 
 
 def register_django_types(cache: Cache) -> None:
-    """Let ``cache`` store model instances and ``HttpResponse`` objects with its safe
-    codecs (JSON, msgpack).
+    """Let ``cache`` store model instances, querysets (as their rows) and ``HttpResponse``
+    objects with its safe codecs (JSON, msgpack).
 
     The backend's Cache has them already; call this for a plain ``cachelayer.Cache``
     that your Django code uses. Every process that reads the entries must call it too.
@@ -53,6 +61,13 @@ def register_django_types(cache: Cache) -> None:
     registry = cache.engine.serializer.registry
     registry.register(
         Model, name=MODEL_TYPE_NAME, dump=dump_model, load=load_model, subclasses=True
+    )
+    registry.register(
+        QuerySet,
+        name=QUERYSET_TYPE_NAME,
+        dump=dump_queryset,
+        load=load_queryset,
+        subclasses=True,
     )
     registry.register(
         HttpResponseBase,
@@ -155,6 +170,32 @@ def load_model(data: dict[str, Any]) -> Model:
             raise ValueError(f"{meta.label}.{name} cannot hold a {type(other).__name__}")
         obj._state.fields_cache[name] = other
     return obj
+
+
+# -- querysets ---------------------------------------------------------------------------------
+
+
+def dump_queryset(queryset: QuerySet[Any, Any]) -> list[Any]:
+    """A queryset as the list of its rows: model instances (each stored as above, so
+    deferred fields stay deferred and are not loaded), or the dicts, tuples or values of
+    ``values()`` and ``values_list()``.
+
+    A queryset already evaluated runs no query; one not evaluated yet is evaluated here,
+    with its own query (and its ``prefetch_related`` ones), as pickling it would be.
+    """
+    return list(queryset)
+
+
+def load_queryset(rows: Any) -> list[Any]:
+    """The stored rows as a list, not a queryset: a queryset rebuilt from them could only
+    run its query again, which is what the cache is there to avoid.
+
+    Raises:
+        ValueError: the stored data is not a list.
+    """
+    if type(rows) is not list:
+        raise ValueError(f"stored queryset rows are a {type(rows).__name__}, not a list")
+    return rows
 
 
 # -- responses ---------------------------------------------------------------------------------
