@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, ca
 from ._keys import call_key_function
 from ._options import ReadOptions
 from ._readpath import FRESH, first_look, read_through, refresh
-from ._steps import FAILED, Flow, Get
+from ._steps import FAILED, Flow
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -92,6 +92,7 @@ def make_cached(
     tag = engine.keys.tag
     stats = engine.stats
     call, acall, drive, adrive = engine.call, engine.acall, engine.drive, engine.adrive
+    get, aget = engine.runner.get, engine.runner.aget
     refresher = engine.runner.refresher
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -138,7 +139,7 @@ def make_cached(
                 if tagfns:
                     return await adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
-                raw = await acall(Get(key))
+                raw = await aget(key)
                 entry, state = first_look(engine, raw, None, options)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
@@ -153,7 +154,7 @@ def make_cached(
                 if tagfns:
                     return drive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
-                raw = call(Get(key))
+                raw = get(key)
                 entry, state = first_look(engine, raw, None, options)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1

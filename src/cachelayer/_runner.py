@@ -74,6 +74,33 @@ class StoreRunner:
         self.breaker.success()
         return result
 
+    def get(self, key: str) -> Any:
+        """``call(Get(key))`` without building the step: the decorator's hit path."""
+        breaker = self.breaker
+        if not breaker.allow():
+            return self._skipped("get", False, False)
+        epoch = breaker.epoch
+        try:
+            result = self.store.get(key)
+        except self.failures as exc:
+            return self._failed("get", exc, False, False, epoch)
+        breaker.success()
+        return result
+
+    async def aget(self, key: str) -> Any:
+        """``acall(Get(key))`` without building the step: the decorator's hit path."""
+        breaker = self.breaker
+        if not breaker.allow():
+            await asyncio.sleep(0)  # still a suspension point (see acall)
+            return self._skipped("get", False, False)
+        epoch = breaker.epoch
+        try:
+            result = await self.astore.get(key)
+        except self.failures as exc:
+            return self._failed("get", exc, False, False, epoch)
+        breaker.success()
+        return result
+
     async def acall(
         self, step: StoreStep, raising: bool = False, invalidating: bool = False
     ) -> Any:
