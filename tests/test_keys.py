@@ -645,7 +645,8 @@ def test_derived_key_hashes_like_its_key(key: str) -> None:
     derived = derived_key(key, "lease")
     assert hashed_part(derived) == hashed_part(key)
     assert slot(derived) == slot(key)
-    assert derived.endswith(":lease")
+    assert derived.startswith("{")
+    assert ":lease" in derived
     assert derived != key
     assert derived_key(key, "other") != derived
 
@@ -653,9 +654,61 @@ def test_derived_key_hashes_like_its_key(key: str) -> None:
 def test_derived_key_of_keys_with_and_without_braces() -> None:
     """Untagged keys are wrapped in braces; tagged keys keep their own tag."""
     assert derived_key("ns:v1:user:42", "lease") == "{ns:v1:user:42}:lease"
-    assert derived_key("ns:v1:{user42}:profile", "lease") == "ns:v1:{user42}:profile:lease"
+    assert (
+        derived_key("ns:v1:{user42}:profile", "lease") == "{user42}:lease:ns:v1:{user42}:profile"
+    )
     assert derived_key("ns:v1:a{b", "lease") == "{ns:v1:a{b}:lease"
-    assert derived_key("ns:v1:a}{b}", "lease") == "ns:v1:a}{b}:lease"
+    assert derived_key("ns:v1:a}{b}", "lease") == "{b}:lease:ns:v1:a}{b}"
+
+
+def test_caller_keys_and_tags_cannot_spell_internal_keys() -> None:
+    """The lease key of the caller key "tags" was the tag key of the tag "lease", and the
+    lease key of "a{b}" was the store key of "a{b}:lease": internal keys are reserved now."""
+    keys = KeyBuilder("ns")
+    assert derived_key(keys.full("tags"), "lease") != keys.tag("lease")
+    assert derived_key(keys.full("a{b}"), "lease") != keys.full("a{b}:lease")
+    assert derived_key(keys.full("x"), "lock") != derived_key(keys.full("x"), "lease")
+
+
+@given(a=st.text(min_size=1, max_size=30), b=st.text(min_size=1, max_size=30))
+def test_no_caller_key_or_tag_collides_with_a_derived_key(a: str, b: str) -> None:
+    """For any caller keys and tags, a store key, a tag key and a lease or lock key are
+    never equal (hash tags, braces and separators included)."""
+    keys = KeyBuilder("ns")
+    try:
+        full_a, full_b = keys.full(a), keys.full(b)
+    except ValueError:
+        return  # a key no store can hold ("}" outside a tag, a lone surrogate): refused
+    internal = {derived_key(full_b, "lease"), derived_key(full_b, "lock")}
+    try:
+        tag_a = keys.tag(a)
+    except ValueError:
+        return
+    assert full_a not in internal
+    assert tag_a not in internal
+    assert tag_a != full_b
+
+
+def test_adjacent_template_fields_are_refused() -> None:
+    """report('bob1', 2) and report('bob', 12) shared the key of "report:{user}{year}"."""
+
+    def report(user: str, year: int) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="nothing between them"):
+        call_key_function(report, "report:{user}{year}")
+    assert call_key_function(report, "report:{user}:{year}")(("bob1", 2), {}) != (
+        call_key_function(report, "report:{user}:{year}")(("bob", 12), {})
+    )
+
+
+def test_long_tags_are_shortened_like_long_keys() -> None:
+    """A 5 MB tag no longer becomes a 5 MB store key: tag keys are cut and hashed at
+    max_key_length, distinct tags stay distinct, and all stay in the tags' slot."""
+    keys = KeyBuilder("ns")
+    huge, other = "t" * 5_000_000, "t" * 4_999_999 + "u"
+    assert len(keys.tag(huge)) == keys.max_length
+    assert keys.tag(huge) != keys.tag(other)
+    assert slot(keys.tag(huge)) == slot(keys.tag("short"))
 
 
 @pytest.mark.parametrize("key", ["ns:v1:a}b", "ns:v1:x{}y", "ns:v1:}{"])

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from cachelayer import Cache, CircuitBreaker, Lock, LockError, StoreUnavailable
+from cachelayer._keys import derived_key
 from cachelayer._steps import Add, Sleep
 from cachelayer.backends import MemoryStore
 from cachelayer.testing import free_port
@@ -101,13 +102,19 @@ def test_acquire_release_and_locked(cache: Cache) -> None:
     second.release()
 
 
-def test_lock_key_is_the_caches_key_for_lock_name(cache: Cache) -> None:
-    """The lock lives at the Cache's store key for "lock:" + name."""
+def test_lock_key_is_derived_from_the_names_store_key(cache: Cache) -> None:
+    """The lock lives at a key derived from the name's store key, not at a caller key:
+    a lock named like a cached key (or "lock:" + it) never touches that entry."""
     lock = cache.lock("report:42")
-    assert lock.key == cache.engine.keys.full("lock:report:42")
+    assert lock.key == derived_key(cache.engine.keys.full("report:42"), "lock")
+    cache.set("report:42", "cached")
+    cache.set("lock:report:42", "also cached")
     with lock:
         assert cache.store.get(lock.key) is not None
+        assert cache.get("report:42") == "cached"
+        assert cache.get("lock:report:42") == "also cached"
     assert cache.store.get(lock.key) is None
+    assert cache.get("report:42") == "cached"
 
 
 def test_context_manager_releases_on_error(cache: Cache) -> None:

@@ -18,7 +18,7 @@ from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
 from ._engine import Engine, lease_key
 from ._envelope import Serializer
-from ._keys import KeyBuilder
+from ._keys import KeyBuilder, derived_key
 from ._lock import Lock
 from ._options import ErrorPolicy, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
@@ -445,8 +445,9 @@ class Cache:
     ) -> Lock:
         """A lock named ``name`` in this Cache's store, for threads, tasks and processes.
 
-        The lock is the store key of the caller key ``"lock:" + name`` (so
-        ``<namespace>:v<version>:lock:<name>``; keep your own keys out of ``lock:``).
+        The lock lives at a key derived from ``name``'s store key
+        (``{<namespace>:v<version>:<name>}:lock``), which no cache key, tag or lease can
+        spell, so a lock named like a cached key never touches the entry.
         Taking it is an atomic add of a random token; releasing it deletes the key only
         if it still holds that token. Unlike the cache calls, a lock never fails open:
         with the store down, acquiring raises
@@ -480,7 +481,7 @@ class Cache:
             raise TypeError(f"a lock name is a str, not {type(name).__name__}")
         if not name:
             raise ValueError("a lock name is a non-empty str")
-        key = self.engine.keys.full("lock:" + name)
+        key = derived_key(self.engine.keys.full(name), "lock")
         return Lock(self.engine.runner, key, timeout, blocking_timeout, sleep)
 
     @property

@@ -120,17 +120,24 @@ def has_hash_tag(key: str) -> bool:
 
 
 def derived_key(key: str, suffix: str) -> str:
-    """A key for data about ``key`` (its lease, say) that hashes to ``key``'s cluster slot.
+    """A key for data about the store key ``key`` (its lease, its lock) that hashes to
+    ``key``'s cluster slot and that no caller's key or tag can spell.
 
     Redis Cluster hashes only the first non-empty ``{...}`` of a key when there is one,
-    else the whole key; a key without a tag is wrapped in one.
+    else the whole key. A key without a hash tag is wrapped in one: ``{key}:suffix``. A key
+    with one gets that tag in front: ``{tag}:suffix:key``. Either way the derived key
+    starts with ``{``, which no store key from :meth:`KeyBuilder.full` does (they start
+    with the namespace), and ``suffix`` comes right after the first ``}``, where a tag key
+    (``{ns:vN:}tags:...``) has ``tags`` and no other derived key has this suffix.
 
     Raises:
         ValueError: ``key`` holds a ``}`` but no hash tag: no derived key can share its
             slot (:meth:`KeyBuilder.full` never returns such a key).
     """
     if has_hash_tag(key):
-        return f"{key}:{suffix}"
+        start = key.find("{")
+        tag = key[start : key.find("}", start + 1) + 1]
+        return f"{tag}:{suffix}:{key}"
     if "}" in key:
         raise ValueError(f"key {key!r:.80} holds '}}' outside a hash tag")
     return f"{{{key}}}:{suffix}"
@@ -169,6 +176,10 @@ class KeyBuilder:
         self.version = str(version)
         self.prefix = f"{namespace}:v{version}:"
         self.max_length = max_length
+        # Every tag key shares the hash tag {<prefix>} (one cluster slot, one MGET). No
+        # value key starts with "{", and a derived key has a non-empty caller key
+        # between "{<prefix>" and "}", so no caller key or tag can spell another's key.
+        self._tag_prefix = "{" + self.prefix + "}tags:"
 
     def full(self, key: str) -> str:
         """The store key for a caller's key.
@@ -190,6 +201,9 @@ class KeyBuilder:
                 f"cache key {key!r:.80} holds '}}' outside a {{hash tag}}: braces in keys are "
                 "reserved for Redis Cluster hash tags"
             )
+        return self._shorten(full)
+
+    def _shorten(self, full: str) -> str:
         # A shortened key is exactly max_length long, so only keys shorter than that are
         # kept as they are: a caller's key can never spell another key's shortened form.
         if len(full) < self.max_length:
@@ -203,15 +217,17 @@ class KeyBuilder:
         return head + "#" + digest.hexdigest()
 
     def tag(self, tag: str) -> str:
-        """The store key holding a tag's token: ``{<prefix>tags}:<tag>``.
+        """The store key holding a tag's token: ``{<prefix>}tags:<tag>``.
 
-        Every tag of a namespace shares one Redis Cluster slot, so one MGET reads them.
+        Every tag of a namespace shares one Redis Cluster slot, so one MGET reads them. A
+        long tag is shortened as a long key is (a readable head, then a hash of the whole),
+        so a tag of any length is checked before a load and never becomes a huge key.
         """
         if not isinstance(tag, str) or not tag:
             raise TypeError(f"a tag is a non-empty str, not {tag!r:.60}")
         if not tag.isascii():
             _check_encodable(tag)
-        return "{" + self.prefix + "tags}:" + tag
+        return self._shorten(self._tag_prefix + tag)
 
     def pattern(self) -> str:
         """A glob that matches every key of this namespace and version (for SCAN)."""
@@ -220,7 +236,15 @@ class KeyBuilder:
 
 def _template_fields(template: str) -> list[str]:
     fields = []
-    for _, field, spec, conv in string.Formatter().parse(template):
+    after_field = False  # the previous part was a field with no text after it
+    for literal, field, spec, conv in string.Formatter().parse(template):
+        if after_field and not literal and field is not None:
+            raise ConfigurationError(
+                f"key template {template!r}: two fields with nothing between them make "
+                "different calls share a key ('bob1', 2 and 'bob', 12 both give 'bob12'); "
+                "put a separator between them, e.g. '{a}:{b}'"
+            )
+        after_field = field is not None
         if field is None:
             continue
         if not field.isidentifier() or spec or conv:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cachelayer import CircuitBreaker, Lock, LockError, StoreUnavailable
+from cachelayer._keys import derived_key
 from cachelayer.django import CacheBackend
 from cachelayer.testing import free_port
 from tests.conftest import FakeClock
@@ -266,7 +267,7 @@ def test_lock_maps_the_key_and_excludes_other_holders(make_backend: Factory) -> 
     first, second = make_backend(KEY_PREFIX="p"), make_backend(KEY_PREFIX="p")
     owner = first.lock("job", timeout=30)
     assert isinstance(owner, Lock)
-    assert owner.key == first.cache.engine.keys.full("lock:" + first.make_key("job"))
+    assert owner.key == derived_key(first.cache.engine.keys.full(first.make_key("job")), "lock")
     assert owner.acquire()
     assert make_backend(KEY_PREFIX="q").lock("job").acquire(blocking=False) is True
     assert first.lock("job", version=2).acquire(blocking=False) is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
+from .._redact import redact_url
 from ..errors import ConfigurationError
 from .base import AsyncStore, Store, SyncAsAsync
 from .memory import MemoryStore
@@ -28,18 +29,20 @@ def store_from_url(url: str) -> Store:
     if scheme == "memory":
         parts = urlsplit(url)
         if parts.netloc or parts.path not in ("", "/"):
-            raise ConfigurationError(f"{url!r}: a memory URL has no host or path")
+            raise ConfigurationError(f"{redact_url(url)!r}: a memory URL has no host or path")
         options = dict(parse_qsl(parts.query, strict_parsing=False))
         unknown = set(options) - {"max_entries", "max_bytes"}
         if unknown:
             raise ConfigurationError(
-                f"{url!r}: unknown memory option(s) {', '.join(sorted(unknown))} "
+                f"{redact_url(url)!r}: unknown memory option(s) {', '.join(sorted(unknown))} "
                 "(known: max_entries, max_bytes)"
             )
         try:
             max_entries = int(options.get("max_entries", 10_000))
         except ValueError:
-            raise ConfigurationError(f"{url!r}: max_entries must be an integer") from None
+            raise ConfigurationError(
+                f"{redact_url(url)!r}: max_entries must be an integer"
+            ) from None
         return MemoryStore(max_entries=max_entries, max_bytes=options.get("max_bytes", "64MB"))
     from .redis import RedisStore
 

@@ -41,6 +41,7 @@ import hiredis
 from redis import exceptions as rx
 from redis.connection import parse_url
 
+from .._redact import redact_url
 from ..errors import ConfigurationError, StoreBusy
 
 __all__ = ["Arg", "Multiplexer", "PendingLimitExceeded", "pack_command_py"]
@@ -96,6 +97,11 @@ class PendingLimitExceeded(rx.ConnectionError, StoreBusy):
     Redis or the network is not keeping up. The call fails at once rather than queueing
     without bound: a cache that waits costs more than the lookup it would save.
     """
+
+
+# URL options that shape redis-py's connection pools and retries, not a connection.
+# (``timeout`` in a URL is redis-py's BlockingConnectionPool wait, not a reply timeout.)
+_POOL_ONLY = ("max_connections", "health_check_interval", "retry_on_timeout", "timeout")
 
 
 def _reply_error(message: str) -> Exception:
@@ -363,6 +369,8 @@ class Multiplexer:
             ConfigurationError: the URL has an option this client does not support.
         """
         parsed: dict[str, Any] = dict(parse_url(url))  # type: ignore[no-untyped-call]
+        for name in _POOL_ONLY:  # options of redis-py's pools, meaningless here
+            parsed.pop(name, None)
         kind = parsed.pop("connection_class", None)
         tls = {k[4:]: parsed.pop(k) for k in list(parsed) if k.startswith("ssl_")}
         if "socket_timeout" in parsed:
@@ -373,7 +381,9 @@ class Multiplexer:
         unknown = set(parsed) - known - {"connect_timeout"}
         if unknown:
             raise ConfigurationError(
-                f"{url!r}: option(s) {sorted(unknown)} not supported by the multiplexing client"
+                f"{redact_url(url)!r}: unknown or unsupported option(s) {sorted(unknown)} "
+                "(a Redis URL may carry socket_timeout, socket_connect_timeout, client_name, "
+                "db, ssl_* and redis-py's pool options)"
             )
         if kind is not None and kind.__name__ == "SSLConnection":
             parsed["ssl"] = _ssl_context(**tls)

@@ -31,7 +31,9 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from .._redact import redact_url
 from ..errors import ConfigurationError, StoreBusy
 from ._perloop import PerLoop
 from .base import AsyncStore, Item
@@ -256,10 +258,18 @@ def _normalise_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"{url!r} is not a Redis URL (redis://, rediss://, unix://, valkey://)"
+            f"{redact_url(url)!r} is not a Redis URL (redis://, rediss://, unix://, valkey://)"
         )
     if scheme.startswith("valkey"):
         scheme = scheme.replace("valkey", "redis")
+    if scheme != "unix":
+        db = urlsplit(url).path.strip("/")
+        if db and not db.isdigit():
+            # redis-py would silently use db 0 for "/seven"
+            raise ConfigurationError(
+                f"{redact_url(url)!r}: the path names the database, a number (/0 to /15 "
+                f"on a default server), not {db!r}"
+            )
     return f"{scheme}://{rest}"
 
 
@@ -334,7 +344,9 @@ class RedisStore:
         self._set_void = self.client.register_script(_SET_VOID)
         self._swap = self.client.register_script(_SWAP)
         self._delete_if = self.client.register_script(_DELETE_IF)
-        self._async: AsyncRedisStore | None = None
+        # Built now, so that a URL or option the asyncio face cannot honour (a mistyped
+        # ?socket_timout=, say) is refused when the Cache is made, not at its first call.
+        self._async: AsyncRedisStore = AsyncRedisStore(self.url, self._options)
         #: what this store raises when Redis fails (the runner fails open on these, and
         #: on OSError; anything else is a bug and raises)
         self.failures: tuple[type[BaseException], ...] = (redis_py.RedisError,)
@@ -421,8 +433,6 @@ class RedisStore:
             self.client.close()
 
     def asynchronous(self) -> AsyncStore:
-        if self._async is None:
-            self._async = AsyncRedisStore(self.url, self._options)
         return self._async
 
 

@@ -124,7 +124,7 @@ class CacheBackend(BaseCache):
         if not isinstance(location, str):
             raise ImproperlyConfigured(
                 f"cachelayer.django.CacheBackend: LOCATION must be one URL string, "
-                f"not {location!r}"
+                f"not a {type(location).__name__}"
             )
         options.setdefault("jitter", 0.0)
         timeout = self.default_timeout
