@@ -19,6 +19,7 @@ from ._decorator import AsyncCachedFunction, CacheDecorator, CachedFunction
 from ._lock import Lock, LockError
 from ._options import Fresh
 from ._policy import DEFAULT
+from ._warm import WarmResult
 from .errors import CacheError, ConfigurationError, DecodeError, StoreUnavailable
 
 
@@ -55,5 +56,6 @@ __all__ = [
     "LockError",
     "StoreUnavailable",
     "TypeRegistry",
+    "WarmResult",
     "__version__",
 ]

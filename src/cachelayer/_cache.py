@@ -9,6 +9,7 @@ engine's ``drive`` or ``adrive``.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,11 +23,12 @@ from ._keys import KeyBuilder, derived_key
 from ._lock import Lock
 from ._options import ErrorPolicy, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
-from ._readpath import plain_get, read_through
+from ._readpath import plain_get, read_through, warm
 from ._redact import redact_url
 from ._runner import StoreRunner
 from ._stats import Stats
 from ._steps import FAILED, Clear, Delete, Set, SetMany
+from ._warm import Job, Progress, WarmResult, run_async, run_sync
 from .backends import AsyncStore, Store, store_from_url
 from .errors import ConfigurationError
 
@@ -408,7 +410,8 @@ class Cache:
             refresh_after_write: after ``.invalidate(...)``, load the entry again in the
                 background so the next reader hits.
 
-        The wrapper has ``.invalidate(*args, **kwargs)``, ``.ainvalidate(...)``,
+        The wrapper has ``.warm(calls)`` and ``.awarm(calls)`` (load many entries ahead
+        of traffic), ``.invalidate(*args, **kwargs)``, ``.ainvalidate(...)``,
         ``.uncached(*args, **kwargs)`` and ``.key(*args, **kwargs)``.
 
         Raises:
@@ -421,6 +424,64 @@ class Cache:
         return make_cached(
             self.engine, options, key=key, tags=tags, refresh_after_write=refresh_after_write
         )
+
+    def _warm_jobs(
+        self,
+        loaders: Mapping[str, Callable[[], Any]] | Iterable[tuple[str, Callable[[], Any]]],
+        ttl: TtlSpec,
+        stale_ttl: float,
+    ) -> list[Job]:
+        e = self.engine
+        options = self._options(ttl, None, stale_ttl, 0.0, 1.0)
+        pairs = loaders.items() if isinstance(loaders, Mapping) else loaders
+        return [
+            (functools.partial(warm, e, e.keys.full(key), options, ()), loader)
+            for key, loader in pairs
+        ]
+
+    def warm(
+        self,
+        loaders: Mapping[str, Callable[[], Any]] | Iterable[tuple[str, Callable[[], Any]]],
+        ttl: TtlSpec = DEFAULT,
+        *,
+        stale_ttl: float = 0.0,
+        concurrency: int = 8,
+        progress: Progress | None = None,
+    ) -> WarmResult:
+        """Load many keys ahead of traffic, ``concurrency`` at a time (threads).
+
+        Each key is skipped if it holds a fresh value, else loaded with its loader and
+        filled under its lease (as ``get_or_load`` fills): a key another process is
+        loading is left to it, and a fill never overwrites a newer write. A loader's
+        exception is counted in the result, not raised. For tagged entries warm the
+        decorated function instead (``fn.warm(calls)``): its tags come from the calls.
+
+        Args:
+            loaders: ``{key: loader}``, or ``(key, loader)`` pairs.
+            ttl: as for ``get_or_load``.
+            stale_ttl: as for ``get_or_load``.
+            concurrency: loads at most in flight at once.
+            progress: ``progress(done, total)``, called after each key.
+
+        Returns:
+            A :class:`~cachelayer.WarmResult`: loaded, fresh, busy, superseded, failed,
+            unavailable, seconds.
+        """
+        jobs = self._warm_jobs(loaders, ttl, stale_ttl)
+        return run_sync(self.engine.runner, jobs, concurrency, progress)
+
+    async def awarm(
+        self,
+        loaders: Mapping[str, Callable[[], Any]] | Iterable[tuple[str, Callable[[], Any]]],
+        ttl: TtlSpec = DEFAULT,
+        *,
+        stale_ttl: float = 0.0,
+        concurrency: int = 8,
+        progress: Progress | None = None,
+    ) -> WarmResult:
+        """``warm`` for asyncio code: loads run as tasks; a loader may be async."""
+        jobs = self._warm_jobs(loaders, ttl, stale_ttl)
+        return await run_async(self.engine.runner, jobs, concurrency, progress)
 
     def clear(self) -> int:
         """Delete every entry of this namespace and version; returns how many."""

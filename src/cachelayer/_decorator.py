@@ -8,15 +8,17 @@ see the wrapped signature) that carries ``invalidate``, ``ainvalidate``, ``uncac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._keys import call_key_function
 from ._options import ReadOptions
-from ._readpath import FRESH, first_look, read_through, refresh
+from ._readpath import FRESH, first_look, read_through, refresh, warm
 from ._steps import FAILED, Flow
+from ._warm import Job, Progress, WarmResult, as_args, run_async, run_sync
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -50,6 +52,25 @@ class CachedFunction(Protocol, Generic[P, R]):
         """The store key these arguments map to."""
         ...
 
+    def warm(
+        self, calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+    ) -> WarmResult:
+        """Load the entries of many calls ahead of traffic, ``concurrency`` at a time.
+
+        Each item of ``calls`` is one call's arguments: a tuple of positional arguments,
+        or a single argument. A key that holds a fresh value is skipped; the others are
+        loaded and filled under their leases, so a key another process is loading is
+        left to it and a fill never overwrites a newer write. A loader's exception is
+        counted, not raised. ``progress(done, total)`` is called after each key.
+        """
+        ...
+
+    async def awarm(
+        self, calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+    ) -> WarmResult:
+        """``warm`` for asyncio code (loads run as tasks, or in a thread for a def)."""
+        ...
+
 
 class AsyncCachedFunction(Protocol, Generic[P, R]):
     """A coroutine function decorated with ``@cache.cached``."""
@@ -65,6 +86,14 @@ class AsyncCachedFunction(Protocol, Generic[P, R]):
     def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]: ...
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+
+    def warm(
+        self, calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+    ) -> WarmResult: ...
+
+    async def awarm(
+        self, calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+    ) -> WarmResult: ...
 
 
 class CacheDecorator(Protocol):
@@ -166,8 +195,44 @@ def make_cached(
         functools.update_wrapper(wrapper, func)
         wrapper.invalidate = invalidate
         wrapper.ainvalidate = ainvalidate
+
+        def jobs(calls: Iterable[Any]) -> list[Job]:
+            made: list[Job] = []
+            for args in as_args(calls):
+                store = full(keyfn(args, {}))  # built now: a bad argument raises at once
+                tag_keys = [tag(fn(args, {})) for fn in tagfns]
+                made.append(
+                    (
+                        functools.partial(warm, engine, store, options, tag_keys),
+                        functools.partial(func, *args),
+                    )
+                )
+            return made
+
+        def warm_calls(
+            calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+        ) -> WarmResult:
+            if is_async:
+                raise TypeError(
+                    f"{func.__qualname__} is an async function: use await "
+                    f"{func.__qualname__}.awarm(...)"
+                )
+            return run_sync(engine.runner, jobs(calls), concurrency, progress)
+
+        async def awarm_calls(
+            calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
+        ) -> WarmResult:
+            if not is_async:  # a def's loads block: run them on threads, not in the loop
+                work = jobs(calls)
+                return await asyncio.to_thread(
+                    run_sync, engine.runner, work, concurrency, progress
+                )
+            return await run_async(engine.runner, jobs(calls), concurrency, progress)
+
         wrapper.uncached = func
         wrapper.key = store_key
+        wrapper.warm = warm_calls
+        wrapper.awarm = awarm_calls
         return wrapper
 
     return cast(CacheDecorator, decorate)

@@ -63,10 +63,19 @@ __all__ = [
     "plain_get",
     "read_through",
     "refresh",
+    "warm",
 ]
 
 # Entry states, in order of preference.
 FRESH, EARLY, STALE, STALE_IF_ERROR, DEAD = range(5)
+
+# Outcomes of a refresh or a warm-up of one key.
+LOADED = "loaded"  # loaded and filled
+FRESH_HIT = "fresh"  # already held a fresh value: nothing loaded
+BUSY = "busy"  # another caller holds the lease (it is loading the key)
+SUPERSEDED = "superseded"  # loaded, but a write or invalidation came first: not filled
+FAILED_LOAD = "failed"  # the loader raised (counted and logged, not raised)
+UNAVAILABLE = "unavailable"  # the store failed
 
 #: What a stage that may answer by itself gives back when it did not.
 Stage = Generator[Step, Any, "Served | None"]
@@ -455,17 +464,22 @@ def _freshness(
 
 def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]) -> Flow:
     """A background refresh: under a lease (one refresh across all processes), load and
-    fill. Errors are counted and logged, never raised (nobody is waiting for them)."""
+    fill. Errors are counted and logged, never raised (nobody is waiting for them).
+
+    Returns the outcome (:data:`LOADED`, :data:`SUPERSEDED`, :data:`BUSY`,
+    :data:`FAILED_LOAD` or :data:`UNAVAILABLE`), for a warm-up to count.
+    """
     stats = engine.stats
     lease = lease_key(key)
     token = os.urandom(16)
-    if (yield Add(lease, token, engine.lease_ttl)) is not True:
-        return None  # another caller refreshes it (or the store is failing)
+    got = yield Add(lease, token, engine.lease_ttl)
+    if got is not True:  # another caller refreshes it, or the store is failing
+        return UNAVAILABLE if got is FAILED else BUSY
     tokens: dict[str, bytes] | None = None
     if tag_keys:
         raws = yield GetMany(list(tag_keys))
         if raws is FAILED:
-            return None
+            return UNAVAILABLE
         tokens = _tokens(tag_keys, raws)
     stats.refreshes += 1
     started = time.perf_counter()
@@ -478,14 +492,31 @@ def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[s
         # The lease stays until it expires: a failing loader is retried once per lease_ttl.
         stats.refresh_errors += 1
         engine.log_refresh_error(exc)
-        return None
+        return FAILED_LOAD
     kept = None if seconds is None else seconds + keep
     filled = yield Fill(key, payload, kept, lease, token)
     if filled is True:
         stats.fills += 1
-    elif filled is False:
+        return LOADED
+    if filled is False:
         stats.fills_rejected += 1
-    return None
+        return SUPERSEDED
+    return UNAVAILABLE
+
+
+def warm(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]) -> Flow:
+    """Warm one key: nothing if it already holds a fresh value (its tags holding), else
+    a :func:`refresh` -- under a lease, so a key another process is loading is left to
+    it, and a fill never overwrites a newer write. Returns the outcome (:data:`FRESH_HIT`
+    or one of :func:`refresh`'s)."""
+    raw, tokens = yield from _fetch(key, tag_keys)
+    if raw is FAILED:
+        return UNAVAILABLE
+    if raw is not None:
+        entry = _usable(engine, raw, tokens, options)
+        if entry is not None and not entry.negative:
+            return FRESH_HIT
+    return (yield from refresh(engine, key, options, tag_keys))
 
 
 def plain_get(engine: Engine, keys: Sequence[str]) -> Flow:
