@@ -20,7 +20,8 @@ from cachelayer import Cache, CircuitBreaker, Lock, LockError, StoreUnavailable
 from cachelayer._keys import derived_key
 from cachelayer._steps import Add, Sleep
 from cachelayer.backends import MemoryStore
-from cachelayer.testing import free_port
+from cachelayer.backends.redis import RedisStore
+from cachelayer.testing import RedisServer, free_port
 from tests.conftest import FakeClock
 
 CacheFactory = Callable[..., Cache]
@@ -401,3 +402,38 @@ async def test_async_waiter_gets_the_lock_when_the_owner_releases(acache: Cache)
     await owner.arelease()
     assert await asyncio.wait_for(waiting, 10) is True
     await waiter.arelease()
+
+
+async def test_a_cancelled_acquire_does_not_leave_the_lock_held(redis_url: str) -> None:
+    """An acquire cancelled after its SET NX went out frees what may be its own lock, so
+    the lock is not left held by nobody (forever, with no timeout)."""
+    cache = Cache(redis_url, namespace="lockcancel" + os.urandom(4).hex())
+    first = cache.lock("job")
+    assert await first.alocked() is False  # the connection is open: the SET goes out at once
+    task = asyncio.create_task(first.aacquire())
+    await asyncio.sleep(0)  # the command is written; its reply has not been read
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):  # the clean-up runs as a task of its own
+        if not await first.alocked():
+            break
+        await asyncio.sleep(0.01)
+    second = cache.lock("job")
+    assert await second.aacquire(blocking=False) is True
+    await second.arelease()
+    await cache.aclose()
+
+
+def test_a_failed_release_can_be_retried(private_redis: RedisServer) -> None:
+    """A release the store could not perform keeps the token: the holder may retry, and
+    the retry says why it failed again rather than "not held"."""
+    cache = Cache(RedisStore(private_redis.url, socket_timeout=1.0), namespace="lockretry")
+    lock = cache.lock("job", timeout=60)
+    assert lock.acquire() is True
+    private_redis.stop()
+    with pytest.raises(StoreUnavailable):
+        lock.release()
+    with pytest.raises(StoreUnavailable):
+        lock.release()
+    cache.close()

@@ -15,17 +15,22 @@ knows nothing of caching: it gets a runner and a finished store key.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from ._runner import StoreRunner
 from ._steps import Add, DeleteIf, Flow, Get, Sleep
 from .errors import LockError
 
 __all__ = ["Lock", "LockError"]
+
+# Clean-up tasks of cancelled acquires, referenced until they finish.
+_CLEANUPS: set[asyncio.Future[Any]] = set()
 
 
 class Lock:
@@ -96,6 +101,12 @@ class Lock:
             if self._token == token:
                 self._token = None
 
+    def _restore(self, token: bytes) -> None:
+        """A release that failed: this object still holds the lock, so it may retry."""
+        with self._state:
+            if self._token is None:
+                self._token = token
+
     def _acquire_flow(self, token: bytes, blocking: bool, blocking_timeout: float | None) -> Flow:
         wait = self.blocking_timeout if blocking_timeout is None else blocking_timeout
         deadline = None if wait is None else self._monotonic() + wait
@@ -151,6 +162,9 @@ class Lock:
                 )
             )
         except BaseException:
+            # The add may have run even though its reply never came (a timeout): free
+            # what may be ours, so the lock is not left held by nobody.
+            self._runner.call(DeleteIf(self.key, token))
             self._unclaim(token)
             raise
         if not won:
@@ -166,7 +180,12 @@ class Lock:
             StoreUnavailable: the store failed (the lock stays until its timeout).
         """
         token = self._release_token()
-        self._released(bool(self._runner.call(DeleteIf(self.key, token), True)))
+        try:
+            deleted = self._runner.call(DeleteIf(self.key, token), True)
+        except BaseException:
+            self._restore(token)
+            raise
+        self._released(bool(deleted))
 
     def locked(self) -> bool:
         """Does anyone hold the lock now?
@@ -200,6 +219,11 @@ class Lock:
             flow = self._acquire_flow(token, blocking, blocking_timeout)
             won = bool(await self._runner.adrive(flow, None, True))
         except BaseException:
+            # As in acquire; a cancelled caller cannot await, so the clean-up runs as a
+            # task of its own (kept referenced until it is done).
+            cleanup = asyncio.ensure_future(self._runner.acall(DeleteIf(self.key, token)))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
             self._unclaim(token)
             raise
         if not won:
@@ -209,7 +233,12 @@ class Lock:
     async def arelease(self) -> None:
         """:meth:`release` for asyncio code."""
         token = self._release_token()
-        self._released(bool(await self._runner.acall(DeleteIf(self.key, token), True)))
+        try:
+            deleted = await self._runner.acall(DeleteIf(self.key, token), True)
+        except BaseException:
+            self._restore(token)
+            raise
+        self._released(bool(deleted))
 
     async def alocked(self) -> bool:
         """:meth:`locked` for asyncio code."""
