@@ -12,9 +12,20 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from ._keys import call_key_function
+from ._methods import CachedMethod, looks_like_method
 from ._options import ReadOptions
 from ._readpath import FRESH, first_look, read_through, refresh, warm
 from ._steps import FAILED, Flow
@@ -26,7 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["AsyncCachedFunction", "CacheDecorator", "CachedFunction", "make_cached"]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 class CachedFunction(Protocol, Generic[P, R]):
@@ -71,6 +84,16 @@ class CachedFunction(Protocol, Generic[P, R]):
         """``warm`` for asyncio code (loads run as tasks, or in a thread for a def)."""
         ...
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[S, P2], R], instance: S, owner: type[Any] | None = None
+    ) -> CachedFunction[P2, R]:
+        """On an instance, a method binds it: ``repo.item(1)``, ``repo.item.invalidate(1)``."""
+        ...
+
 
 class AsyncCachedFunction(Protocol, Generic[P, R]):
     """A coroutine function decorated with ``@cache.cached``."""
@@ -94,6 +117,18 @@ class AsyncCachedFunction(Protocol, Generic[P, R]):
     async def awarm(
         self, calls: Iterable[Any], *, concurrency: int = 8, progress: Progress | None = None
     ) -> WarmResult: ...
+
+    @overload
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> AsyncCachedFunction[P, R]: ...
+
+    @overload
+    def __get__(
+        self: AsyncCachedFunction[Concatenate[S, P2], R],
+        instance: S,
+        owner: type[Any] | None = None,
+    ) -> AsyncCachedFunction[P2, R]: ...
 
 
 class CacheDecorator(Protocol):
@@ -124,10 +159,23 @@ def make_cached(
     get, aget = engine.runner.get, engine.runner.aget
     refresher = engine.runner.refresher
 
-    def decorate(func: Callable[..., Any]) -> Any:
-        keyfn = call_key_function(func, key)
-        tagfns = [call_key_function(func, t) for t in tags]
-        is_async = inspect.iscoroutinefunction(func)
+    def decorate(target: Any) -> Any:
+        # classmethod/staticmethod objects: cache the function they hold, wrap it again.
+        if isinstance(target, staticmethod):
+            return staticmethod(decorate_function(target.__func__))
+        if isinstance(target, classmethod):
+            inner = decorate_function(target.__func__, skip=1)
+            return CachedMethod(inner, is_async=_is_async(target.__func__), of_class=True)
+        method = looks_like_method(target)
+        wrapper = decorate_function(target, skip=int(method))
+        if method:
+            return CachedMethod(wrapper, is_async=_is_async(target))
+        return wrapper
+
+    def decorate_function(func: Callable[..., Any], skip: int = 0) -> Any:
+        keyfn = call_key_function(func, key, skip)
+        tagfns = [call_key_function(func, t, skip) for t in tags]
+        is_async = _is_async(func)
 
         def store_key(*args: Any, **kwargs: Any) -> str:
             return full(keyfn(args, kwargs))
@@ -139,12 +187,12 @@ def make_cached(
         def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             """refresh_after_write: load the entry again in the background."""
             store = full(keyfn(args, kwargs))
-            warm = refresh(engine, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
+            again = refresh(engine, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
             loader = functools.partial(func, *args, **kwargs)
             if is_async:
-                refresher.spawn(store, functools.partial(adrive, warm, loader))
+                refresher.spawn(store, functools.partial(adrive, again, loader))
             else:
-                refresher.submit(store, functools.partial(drive, warm, loader))
+                refresher.submit(store, functools.partial(drive, again, loader))
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
             done = call(engine.delete_step([full(keyfn(args, kwargs))]), False, True)
@@ -236,3 +284,7 @@ def make_cached(
         return wrapper
 
     return cast(CacheDecorator, decorate)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(func)

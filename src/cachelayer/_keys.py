@@ -258,14 +258,15 @@ def _template_fields(template: str) -> list[str]:
 
 
 def call_key_function(
-    func: Callable[..., Any], key: str | Callable[..., str] | None
+    func: Callable[..., Any], key: str | Callable[..., str] | None, skip: int = 0
 ) -> Callable[[tuple[Any, ...], Mapping[str, Any]], str]:
     """Build ``(args, kwargs) -> key`` for calls of ``func``.
 
     With ``key=None`` the key is the function's qualified name and every bound argument;
     a template (``"user:{user_id}"``) renders only the named parameters; a callable gets
     the call's arguments and returns the key itself. Positional and keyword spellings of
-    one call give one key, and defaults are applied.
+    one call give one key, and defaults are applied. ``skip`` leading parameters (a
+    method's ``self`` or ``cls``) are left out of the automatic key.
 
     Raises:
         ConfigurationError: a template names a parameter ``func`` does not have.
@@ -303,9 +304,11 @@ def call_key_function(
     if key is None:
         head = escape(f"{func.__module__}.{func.__qualname__}") + ":"
 
+        keyed = names[skip:]
+
         def auto_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
             values = bind(args, kwargs)
-            return head + ",".join(f"{n}={render(values[n], n)}" for n in names)
+            return head + ",".join(f"{n}={render(values[n], n)}" for n in keyed)
 
         return auto_key
 
