@@ -34,6 +34,11 @@ from .errors import ConfigurationError
 
 __all__ = ["Cache"]
 
+#: The Store protocol's methods (to name the missing ones of an incomplete store).
+_STORE_METHODS = [
+    name for name in dir(Store) if not name.startswith("_") and callable(getattr(Store, name))
+]
+
 #: Tag keys live long enough to outlast any entry stamped with their token.
 DEFAULT_TAG_TTL = 30 * 86400.0
 
@@ -108,6 +113,13 @@ class Cache:
             self.url = type(url).__name__
             store = url
         else:
+            missing = [name for name in _STORE_METHODS if not callable(getattr(url, name, None))]
+            if missing and len(missing) < len(_STORE_METHODS):
+                raise ConfigurationError(
+                    f"{type(url).__name__} is not a complete store: it lacks "
+                    f"{', '.join(missing)} (see docs/stores.md; "
+                    "cachelayer.testing_contract checks a store)"
+                )
             raise ConfigurationError(f"Cache() takes a URL or a store, not {url!r}")
         keys = (
             signing_key

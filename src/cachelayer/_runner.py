@@ -59,6 +59,10 @@ class StoreRunner:
         self._aflights = AsyncFlights()
         self.refresher = Refresher(refresh_workers)
         self.failures = store_failures(store)
+        self._afailures: tuple[type[BaseException], ...] | None = None
+        # A CircuitBreaker subclass written before failures counted per incident may
+        # override failure() without its `since` parameter.
+        self._incidents = "since" in inspect.signature(breaker.failure).parameters
 
     def call(self, step: StoreStep, raising: bool = False, invalidating: bool = False) -> Any:
         """Run one store step with a blocking call; a store failure gives :data:`FAILED`
@@ -96,7 +100,7 @@ class StoreRunner:
         epoch = breaker.epoch
         try:
             result = await self.astore.get(key)
-        except self.failures as exc:
+        except self.afailures as exc:
             return self._failed("get", exc, False, False, epoch)
         breaker.success()
         return result
@@ -114,7 +118,7 @@ class StoreRunner:
         epoch = breaker.epoch
         try:
             result = await step.arun(self.astore)
-        except self.failures as exc:
+        except self.afailures as exc:
             return self._failed(step.name, exc, raising, invalidating, epoch)
         self.breaker.success()
         return result
@@ -144,7 +148,7 @@ class StoreRunner:
             if raising:
                 raise StoreUnavailable(f"store {method} not sent: {exc}") from exc
             return FAILED
-        if self.breaker.failure(epoch):
+        if self.breaker.failure(epoch) if self._incidents else self.breaker.failure():
             self.stats.breaker_opened += 1
             log.warning(
                 "cachelayer: circuit breaker opened after %d consecutive store failures; "
@@ -159,10 +163,11 @@ class StoreRunner:
             self._log.log(
                 logging.WARNING,
                 "store",
-                "cachelayer: store %s failed (%s: %s); continuing without the cache",
+                "cachelayer: store %s failed (%s: %s)%s",
                 method,
                 type(exc).__name__,
                 exc,
+                "" if raising else "; continuing without the cache",
             )
         if raising:
             raise StoreUnavailable(f"store {method} failed: {type(exc).__name__}: {exc}") from exc
@@ -178,6 +183,13 @@ class StoreRunner:
             method,
             reason,
         )
+
+    @property
+    def afailures(self) -> tuple[type[BaseException], ...]:
+        """What the async face raises when the store fails (its own ``failures``)."""
+        if self._afailures is None:
+            self._afailures = (*self.failures, *store_failures(self.astore))
+        return self._afailures
 
     @property
     def astore(self) -> AsyncStore:

@@ -245,3 +245,31 @@ def test_async_client_of_an_abandoned_loop_is_released(
         del loop
         gc.collect()
     store.close()
+
+
+def test_a_closed_store_gives_back_its_get_connection_places(redis_url: str) -> None:
+    """close() frees the places of the connections it closes: a store used again after
+    close() is not left waiting for connections that no longer exist."""
+    store = RedisStore(redis_url, socket_timeout=2.0, max_connections=1, pool_timeout=0.2)
+    for _ in range(3):
+        assert store.get("reused") is None
+        store.close()
+    cache = Cache(store, namespace="reuse")
+    assert cache.get("k", "fallback") == "fallback"
+    assert cache.stats.store_busy == 0
+    cache.close()
+
+
+async def test_async_face_honours_the_keyword_options(redis_url: str) -> None:
+    """redis-py keyword options the sync face takes reach the async face too (db,
+    keepalive, ...), instead of failing every async call."""
+    url = redis_url.rsplit("/", 1)[0]  # no database in the URL: the keyword decides
+    store = RedisStore(url, socket_timeout=2.0, db=2, socket_keepalive=True)
+    store.set("kwopt", b"in db 2", 60.0)
+    assert await store.asynchronous().get("kwopt") == b"in db 2"
+    other = RedisStore(url, socket_timeout=2.0, db=3)
+    assert await other.asynchronous().get("kwopt") is None
+    store.delete(["kwopt"])
+    for s in (store, other):
+        await s.asynchronous().close()
+        s.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket as socket_module
 import ssl as ssl_module
 from collections import deque
@@ -44,7 +45,7 @@ from redis.connection import parse_url
 from .._redact import redact_url
 from ..errors import ConfigurationError, StoreBusy
 
-__all__ = ["Arg", "Multiplexer", "PendingLimitExceeded", "pack_command_py"]
+__all__ = ["Arg", "Multiplexer", "PendingLimitExceeded", "pack_command_py", "ssl_context"]
 
 #: A command argument: str is sent UTF-8 encoded, numbers as their decimal text.
 Arg: TypeAlias = str | bytes | int | float | memoryview
@@ -101,7 +102,14 @@ class PendingLimitExceeded(rx.ConnectionError, StoreBusy):
 
 # URL options that shape redis-py's connection pools and retries, not a connection.
 # (``timeout`` in a URL is redis-py's BlockingConnectionPool wait, not a reply timeout.)
-_POOL_ONLY = ("max_connections", "health_check_interval", "retry_on_timeout", "timeout")
+# (TCP keepalive is not set: a reply that does not arrive in time fails the connection.)
+_POOL_ONLY = (
+    "max_connections",
+    "health_check_interval",
+    "retry_on_timeout",
+    "timeout",
+    "socket_keepalive",
+)
 
 
 def _reply_error(message: str) -> Exception:
@@ -351,6 +359,7 @@ class Multiplexer:
         self._turn = 0
         self._generation = 0
         self._shas: dict[str | bytes, str] = {}
+        self._pid = os.getpid()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Multiplexer:
@@ -386,7 +395,7 @@ class Multiplexer:
                 "db, ssl_* and redis-py's pool options)"
             )
         if kind is not None and kind.__name__ == "SSLConnection":
-            parsed["ssl"] = _ssl_context(**tls)
+            parsed["ssl"] = ssl_context(**tls)
         return cls(**{**parsed, **options})
 
     @property
@@ -494,6 +503,8 @@ class Multiplexer:
         conns = [conn for conn in self._slots if conn is not None]
         self._slots = [None] * len(self._slots)
         self._opening = [None] * len(self._opening)
+        if os.getpid() != self._pid:
+            return  # a forked child: the sockets are the parent's, which still uses them
         for conn in conns:
             sock = conn.transport.get_extra_info("socket") if conn.transport else None
             if sock is not None:
@@ -597,7 +608,7 @@ def _discard(futures: list[asyncio.Future[Any]]) -> None:
             future.exception()
 
 
-def _ssl_context(
+def ssl_context(
     cert_reqs: str | int = "required",
     ca_certs: str | None = None,
     ca_path: str | None = None,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import os
 import threading
 import time
@@ -131,18 +130,6 @@ def _key_str(key: bytes | str) -> str:
     return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
 
 
-@functools.cache
-def _get_connection_args(get_connection: Callable[..., Any]) -> tuple[str, ...]:
-    """What to pass a pool's ``get_connection`` for a GET, decided once per pool class.
-
-    redis-py 5.0-5.2 require a command name (``get_connection(command_name, *keys)``);
-    5.3 made it optional and deprecated passing it (a DeprecationWarning per call).
-    """
-    parameter = inspect.signature(get_connection).parameters.get("command_name")
-    required = parameter is not None and parameter.default is inspect.Parameter.empty
-    return ("GET",) if required else ()
-
-
 # Stores whose idle GET connections a forked child must forget (they are the parent's).
 _STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
@@ -218,7 +205,12 @@ class _GetConnections:
                 self._cond.notify()
 
     def close(self) -> None:
-        idle, self._idle = self._idle, deque()
+        """Disconnect the idle connections and forget them (a connection in use comes
+        back later and is kept); their places are free again."""
+        with self._cond:
+            idle, self._idle = self._idle, deque()
+            self._made -= len(idle)
+            self._cond.notify_all()
         for conn in idle:
             conn.disconnect()
 
@@ -442,25 +434,46 @@ def _multiplexer_options(options: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigurationError: an option the asyncio face cannot honour.
     """
+    from ._multiplex import ssl_context
+
     mapped: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
     for name, value in options.items():
         if name == "socket_timeout":
             mapped["timeout"] = value
         elif name == "socket_connect_timeout":
             mapped["connect_timeout"] = value
-        elif name == "client_name":
+        elif name in _SAME_NAME:
             mapped[name] = value
+        elif name.startswith("ssl_"):
+            tls[name[4:]] = value
         elif name not in _SYNC_ONLY:
             raise ConfigurationError(
                 f"option {name}={value!r} is not supported by the asyncio face of the Redis "
                 "store (it multiplexes one connection per event loop); put it in the URL "
                 "if it is a connection setting, or leave it out"
             )
+    if tls:
+        mapped["ssl"] = ssl_context(**tls)
     return mapped
 
 
 # redis-py options that shape the sync face's pool and retries only.
-_SYNC_ONLY = frozenset({"retry", "max_connections", "pool_timeout", "health_check_interval"})
+# (TCP keepalive is left out on the asyncio face: a reply that does not arrive within
+# the timeout fails its connection anyway.)
+_SYNC_ONLY = frozenset(
+    {
+        "retry",
+        "max_connections",
+        "pool_timeout",
+        "health_check_interval",
+        "retry_on_timeout",
+        "socket_keepalive",
+        "socket_keepalive_options",
+    }
+)
+# Options both faces take under the same name.
+_SAME_NAME = frozenset({"client_name", "db", "username", "password"})
 
 
 class AsyncRedisStore:
@@ -485,6 +498,13 @@ class AsyncRedisStore:
         from ._multiplex import Multiplexer
 
         settings = {**_multiplexer_options(options), "max_pending": max_pending}
+        # As redis-py does for the sync face, what the URL says wins over keywords.
+        from redis.connection import parse_url
+
+        in_url = parse_url(url)  # type: ignore[no-untyped-call]
+        renamed = {"socket_timeout": "timeout", "socket_connect_timeout": "connect_timeout"}
+        for name in in_url:
+            settings.pop(renamed.get(name, name), None)
         Multiplexer.from_url(url, **settings)  # the URL and options are checked now
         self.clients: PerLoop[Multiplexer] = PerLoop(
             lambda: Multiplexer.from_url(url, **settings),
