@@ -392,3 +392,26 @@ async def test_async_extras_when_the_store_is_down(dead_location: str) -> None:
             await backend.lock("job").aacquire()
     finally:
         await backend.cache.aclose()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("[%]*", ["%discount"]),
+        ("a?", ["a{", "ab"]),
+        ("x[}]", ["x}"]),
+        ("*%*", ["%discount", "50%"]),
+    ],
+)
+def test_patterns_meet_escaped_characters_exactly(
+    make_backend: Factory, pattern: str, expected: list[str]
+) -> None:
+    """A ? or a [...] class over %, { or } (stored escaped, three characters each) matches
+    exactly what it says: "[%]*" once deleted "2024-report" too."""
+    backend = make_backend()
+    names = ["%discount", "2024-report", "5star", "a{", "ab", "abc", "x}", "xy", "50%"]
+    for name in names:
+        backend.set(name, 1)
+    assert sorted(backend.keys(pattern)) == sorted(expected)
+    assert backend.delete_pattern(pattern) == len(expected)
+    assert sorted(backend.keys("*")) == sorted(set(names) - set(expected))

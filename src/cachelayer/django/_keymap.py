@@ -37,6 +37,28 @@ def unescape(key: str) -> str:
     return _ESCAPED.sub(lambda m: _UNESCAPED[m.group(1)], key) if "%" in key else key
 
 
+def _superset(pattern: str) -> str:
+    """``pattern`` over escaped keys: literals escaped, ``?`` and classes widened to ``*``."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            out.append(glob_escape(escape(pattern[i + 1])))
+            i += 2
+            continue
+        if char == "[":  # a class ends at its first unescaped "]" (Redis's rule)
+            j = i + 2 if pattern[i + 1 : i + 2] == "^" else i + 1
+            while j < len(pattern) and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            out.append("*")
+            i = j + 1
+            continue
+        out.append("*" if char in "*?" else glob_escape(escape(char)))
+        i += 1
+    return "".join(out)
+
+
 def glob_escape(text: str) -> str:
     """``text`` as a Redis glob that matches exactly ``text``."""
     return _GLOB.sub(r"\\\1", text)
@@ -69,9 +91,22 @@ class KeyTemplate:
         self._version = version
 
     def glob(self, pattern: str) -> str:
-        """The glob (before the Cache's prefix) for the Django keys that match ``pattern``:
-        only ``pattern`` is a glob; ``KEY_PREFIX`` and the version match literally."""
-        return glob_escape(self.head) + escape(pattern) + glob_escape(self.tail)
+        """A glob (before the Cache's prefix) matching at least the store keys of the
+        Django keys that match ``pattern``; ``KEY_PREFIX`` and the version literally.
+
+        Escaping turns one character (``%``, ``{``, ``}``) into three, so a ``?`` or a
+        ``[...]`` class of the pattern cannot be carried over as it is: each becomes
+        ``*``. The keys found are then matched against ``pattern`` itself
+        (:meth:`matches`), so the superset costs a longer scan, never a wrong key.
+        """
+        return glob_escape(self.head) + _superset(pattern) + glob_escape(self.tail)
+
+    @staticmethod
+    def matches(pattern: str) -> Callable[[str], bool]:
+        """Does a Django key (as :meth:`reverse` gives it) match ``pattern``?"""
+        from ..backends.memory import compile_glob
+
+        return lambda key: compile_glob(pattern).fullmatch(key) is not None
 
     def reverse(self, made: str) -> str | None:
         """The caller's key that :func:`escape` of ``make_key`` turned into ``made``, or

@@ -293,18 +293,20 @@ class CacheBackend(BaseCache):
         template = KeyTemplate(lambda key, v: self.make_key(key, version=v), version)
         return glob_escape(self.cache.engine.keys.prefix) + template.glob(pattern), template
 
-    def _matchable(self, found: Any) -> list[str]:
-        """The store keys of a scan that a pattern can stand for: not hashed long keys."""
+    def _matching(self, found: Any, template: KeyTemplate, pattern: str) -> dict[str, str]:
+        """``{store key: Django key}`` for the keys of a scan whose Django key matches
+        ``pattern`` (the scan's glob is a superset); hashed long keys never match."""
         if found is FAILED:
-            return []
+            return {}
         limit = self.cache.engine.keys.max_length
-        return [key for key in found if len(key) < limit]
-
-    def _callers_keys(self, found: Any, template: KeyTemplate) -> list[str]:
-        """The Django keys callers used, for the store keys of a scan."""
         start = len(self.cache.engine.keys.prefix)
-        names = (template.reverse(key[start:]) for key in self._matchable(found))
-        return [name for name in names if name is not None]
+        matches = template.matches(pattern)
+        out: dict[str, str] = {}
+        for key in found:
+            name = template.reverse(key[start:]) if len(key) < limit else None
+            if name is not None and matches(name):
+                out[key] = name
+        return out
 
     def _set_many_step(
         self, data: dict[Any, Any], seconds: float | None, version: int | None
@@ -537,8 +539,8 @@ class CacheBackend(BaseCache):
             ValueError: the KEY_FUNCTION hides the key (patterns need it unchanged).
         """
         engine = self.cache.engine
-        glob, _ = self._glob(pattern, version)
-        found = self._matchable(engine.call(Keys(glob), self._raise, True))
+        glob, template = self._glob(pattern, version)
+        found = list(self._matching(engine.call(Keys(glob), self._raise, True), template, pattern))
         count = 0
         for start in range(0, len(found), DELETE_BATCH):
             batch = found[start : start + DELETE_BATCH]
@@ -549,8 +551,9 @@ class CacheBackend(BaseCache):
 
     async def adelete_pattern(self, pattern: str, version: int | None = None) -> int:
         engine = self.cache.engine
-        glob, _ = self._glob(pattern, version)
-        found = self._matchable(await engine.acall(Keys(glob), self._raise, True))
+        glob, template = self._glob(pattern, version)
+        keys = await engine.acall(Keys(glob), self._raise, True)
+        found = list(self._matching(keys, template, pattern))
         count = 0
         for start in range(0, len(found), DELETE_BATCH):
             batch = found[start : start + DELETE_BATCH]
@@ -569,12 +572,13 @@ class CacheBackend(BaseCache):
             ValueError: the KEY_FUNCTION hides the key (patterns need it unchanged).
         """
         glob, template = self._glob(pattern, version)
-        return self._callers_keys(self.cache.engine.call(Keys(glob), self._raise), template)
+        found = self.cache.engine.call(Keys(glob), self._raise)
+        return list(self._matching(found, template, pattern).values())
 
     async def akeys(self, pattern: str, version: int | None = None) -> list[str]:
         glob, template = self._glob(pattern, version)
         found = await self.cache.engine.acall(Keys(glob), self._raise)
-        return self._callers_keys(found, template)
+        return list(self._matching(found, template, pattern).values())
 
     def iter_keys(self, pattern: str, version: int | None = None) -> Iterator[str]:
         """:meth:`keys` as an iterator (the walk happens when this is called)."""
