@@ -1,12 +1,14 @@
-"""Django's model instances, querysets and ``HttpResponse`` objects for cachelayer's safe
-codecs.
+"""Django's model instances, querysets, ``HttpResponse`` objects and safe strings for
+cachelayer's safe codecs.
 
 Each is one family registration (``TypeRegistry.register(..., subclasses=True)``): every
 model class, and every ``HttpResponseBase`` subclass, is covered under one stored name,
 and the stored data says which class to rebuild. Loading rebuilds only what it knows:
 a model of Django's app registry (by its label, never an import path), or one of
 ``django.http``'s own response classes. Every ``QuerySet`` is stored as its rows and read
-back as a list of them, with no class to rebuild. docs/django.md describes the payloads.
+back as a list of them, with no class to rebuild. Text marked safe (``SafeData``, what
+``mark_safe`` and the template engine return) is stored as its characters and read back
+as a ``SafeString``. docs/django.md describes the payloads.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from django.http import (
     JsonResponse,
 )
 from django.http.response import HttpResponseBase, ResponseHeaders
+from django.utils.safestring import SafeData, SafeString
 
 from .._cache import Cache
 
@@ -38,12 +41,14 @@ __all__ = [
     "MODEL_TYPE_NAME",
     "QUERYSET_TYPE_NAME",
     "RESPONSE_TYPE_NAME",
+    "SAFE_STRING_TYPE_NAME",
     "register_django_types",
 ]
 
 MODEL_TYPE_NAME = "django.Model"
 QUERYSET_TYPE_NAME = "django.QuerySet"
 RESPONSE_TYPE_NAME = "django.HttpResponse"
+SAFE_STRING_TYPE_NAME = "django.SafeString"
 
 # Field values of these types are stored as they are; anything else is looked at once.
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, dict, list})
@@ -52,8 +57,9 @@ _MAX_RELATED_DEPTH = 16
 
 
 def register_django_types(cache: Cache) -> None:
-    """Let ``cache`` store model instances, querysets (as their rows) and ``HttpResponse``
-    objects with its safe codecs (JSON, msgpack).
+    """Let ``cache`` store model instances, querysets (as their rows), ``HttpResponse``
+    objects and safe strings (``SafeString``: ``{% cache %}`` fragments, ``mark_safe``)
+    with its safe codecs (JSON, msgpack).
 
     The backend's Cache has them already; call this for a plain ``cachelayer.Cache``
     that your Django code uses. Every process that reads the entries must call it too.
@@ -74,6 +80,13 @@ def register_django_types(cache: Cache) -> None:
         name=RESPONSE_TYPE_NAME,
         dump=dump_response,
         load=load_response,
+        subclasses=True,
+    )
+    registry.register(
+        SafeData,
+        name=SAFE_STRING_TYPE_NAME,
+        dump=dump_safe_string,
+        load=load_safe_string,
         subclasses=True,
     )
 
@@ -286,3 +299,36 @@ def load_response(data: dict[str, Any]) -> HttpResponse:
     if data.get("xframe_options_exempt"):
         response.xframe_options_exempt = True
     return response
+
+
+# -- safe strings ------------------------------------------------------------------------------
+
+
+def dump_safe_string(text: SafeData) -> str:
+    """Text marked safe as the plain ``str`` of its characters.
+
+    The whole ``SafeData`` family is covered: ``SafeString`` (the only one in Django 4.2
+    and 5.x) and any subclass of it, which is read back as a ``SafeString``.
+
+    Raises:
+        TypeError: a ``SafeData`` that is not a ``str``.
+    """
+    if not isinstance(text, str):
+        cls = type(text)
+        raise TypeError(
+            f"cachelayer cannot store a {cls.__module__}.{cls.__qualname__}: it is marked "
+            "safe (SafeData) but is not a str. Store its text with mark_safe() instead"
+        )
+    # str() would return the SafeString itself (SafeString.__str__ returns self).
+    return str.__str__(text)
+
+
+def load_safe_string(data: Any) -> SafeString:
+    """The stored text as a ``SafeString``, so templates do not escape it again.
+
+    Raises:
+        ValueError: the stored data is not a str.
+    """
+    if type(data) is not str:
+        raise ValueError(f"stored safe string is a {type(data).__name__}, not a str")
+    return SafeString(data)
