@@ -95,7 +95,8 @@ def create_app(cache: Cache, db: Database | None = None) -> FastAPI:
         return database.get_user(user_id)  # None ("no such user") is cached too
 
     app = FastAPI(title="users", lifespan=CacheLifespan(cache))
-    app.add_middleware(ResponseCacheMiddleware, cache=cache, ttl=30)
+    # Stores only responses that say they may be shared (Cache-Control: public, ...).
+    app.add_middleware(ResponseCacheMiddleware, cache=cache)
 
     @app.get("/users")
     @cache_tags("users")

@@ -68,6 +68,26 @@ def test_default_ttl_none_stores_only_stated_freshness() -> None:
     assert policy({"cache-control": "max-age=5"}, default_ttl=None) == Freshness(5, 0)
 
 
+def test_default_ttl_none_stores_only_what_says_it_may_be_shared() -> None:
+    """With default_ttl=None, only public, s-maxage or max-age make a response storable:
+    Expires alone, or public without any freshness, is not enough."""
+    expires = email.utils.formatdate(NOW + 30, usegmt=True)
+    assert policy({"expires": expires}, default_ttl=None) is None
+    assert policy({"cache-control": "public"}, default_ttl=None) is None
+    assert policy({"cache-control": "public", "expires": expires}, default_ttl=None) == (
+        Freshness(30, 0)
+    )
+    assert policy({"cache-control": "s-maxage=7"}, default_ttl=None) == Freshness(7, 0)
+    assert policy({"cache-control": "public"}, default_ttl=20) == Freshness(20, 0)
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "Text/Event-Stream; charset=utf-8"])
+def test_server_sent_events_are_never_storable(content_type: str) -> None:
+    """An event stream is not stored, whatever its Cache-Control says."""
+    headers = {"content-type": content_type, "cache-control": "public, max-age=60"}
+    assert policy(headers) is None
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -70,7 +70,9 @@ class Origin:
 
 
 def build_app(cache: Cache, origin: Origin, **options: Any) -> FastAPI:
+    """The test app; it opts into ttl=60 for responses that say nothing, unless told."""
     app = FastAPI()
+    options.setdefault("ttl", 60)
     app.add_middleware(ResponseCacheMiddleware, cache=cache, **options)
 
     @app.get("/r/{name}")
@@ -330,7 +332,7 @@ async def test_background_tasks_do_not_delay_the_response(cache: Cache) -> None:
     """The stored response reaches the client when it is complete, before the app's
     background tasks have run (they wait for the client to have the body here)."""
     app = FastAPI()
-    app.add_middleware(ResponseCacheMiddleware, cache=cache)
+    app.add_middleware(ResponseCacheMiddleware, cache=cache, ttl=60)
     body_sent = asyncio.Event()
 
     async def after_response() -> None:
@@ -968,7 +970,7 @@ async def test_plain_starlette_app(cache: Cache) -> None:
         return Response(f"page {len(calls)}")
 
     app = Starlette(routes=[Route("/pages/{name}", page)])
-    app.add_middleware(ResponseCacheMiddleware, cache=cache)
+    app.add_middleware(ResponseCacheMiddleware, cache=cache, ttl=60)
     async with client(app) as c:
         assert (await c.get("/pages/x")).headers["x-cache"] == "MISS"
         assert (await c.get("/pages/x")).text == "page 1"

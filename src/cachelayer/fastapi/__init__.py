@@ -9,7 +9,7 @@ HTTP response cache.
 
     cache = Cache("redis://localhost:6379/0", namespace="shop")
     app = FastAPI(lifespan=CacheLifespan(cache))
-    app.add_middleware(ResponseCacheMiddleware, cache=cache, ttl=60)
+    app.add_middleware(ResponseCacheMiddleware, cache=cache)
 
 Never imported by ``import cachelayer``. Only ``CacheDep`` needs FastAPI (it is imported
 on first use); the rest needs Starlette, and the middleware is plain ASGI. See

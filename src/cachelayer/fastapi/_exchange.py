@@ -2,9 +2,13 @@
 that captures the response (``Capture``).
 
 The capture buffers a storable response and builds the value the cache stores; it
-passes anything else through to the client as it comes. In the request's own task it
-also answers the client as soon as the response is complete, so the app's background
-tasks do not delay it; in a background refresh it only captures.
+passes anything else through to the client as it comes. For the request that runs the
+app for the cache it decides, as soon as it can tell (at the response's start, past
+``max_body_size``, or at its end), what the cache's loader returns: the response to
+store, or an exception that stores nothing (``Pass``, ``Uncached``). Requests waiting
+for that key are released then, not when a long stream ends. It also answers the
+client as soon as the response is complete, so the app's background tasks do not delay
+it; in a background refresh it only captures.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from .. import Fresh
 from ._http import header, storage_policy, strong_etag
 
 if TYPE_CHECKING:
     from ._middleware import ResponseCacheMiddleware
 
-__all__ = ["BYPASS", "HIT", "MISS", "STALE", "AppFailed", "Capture", "Pass", "Request"]
+__all__ = [
+    "BYPASS", "HIT", "MISS", "STALE", "AppFailed", "Capture", "Pass", "Request", "Uncached"
+]  # fmt: skip
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +60,12 @@ class Pass(Exception):
     owner: object = None
 
 
+class Uncached(Exception):
+    """The response was not stored, and its key is not remembered as one to pass: a
+    status outside ``cacheable_statuses``, a route over its store budget, or a response
+    the app never completed (a client that went away). Never cached."""
+
+
 class AppFailed(Exception):
     """The app raised while the cache ran it; the request that ran it re-raises it."""
 
@@ -70,19 +83,35 @@ class Request:
     """One cacheable request: what the loader and the senders need to know of it."""
 
     __slots__ = (
-        "head", "if_none_match", "original", "receive", "run", "scope", "send", "sent", "task"
+        "decision", "head", "if_none_match", "key", "lead", "lookup", "original", "receive",
+        "route", "run", "scope", "send",
     )  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, inm: str | None) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        inm: str | None,
+        key: str = "",
+        route: str | None = None,
+    ) -> None:
         self.scope = scope  # the server's: the cache never changes its method or headers
         self.original = dict(scope)  # before the app adds its own keys: for refreshes
         self.head = scope["method"] == "HEAD"
         self.if_none_match = inm
         self.receive = receive
         self.send = send
+        self.key = key
+        self.route = route  # the template of the route it reaches, for the store budget
         self.run: Scope | None = None  # the scope of the app's run in this request's task
-        self.sent = False  # the loader answered the client itself
-        self.task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        # The cache's lookup runs in a task of its own (``lookup``); its loader sets
+        # ``lead`` when this request is to run the app, then returns what the capture
+        # puts in ``decision``.
+        self.lookup: asyncio.Task[Any] | None = None
+        self.lead: asyncio.Future[None] = loop.create_future()
+        self.decision: asyncio.Future[Fresh[dict[str, Any]]] = loop.create_future()
 
     def app_scope(self, foreground: bool, full: bool = True) -> Scope:
         """The scope for one run of the app by the cache: a copy of the request's, as a
@@ -128,7 +157,11 @@ class Request:
 class Capture:
     """The ``send`` the app gets when the cache runs it: buffers a storable response,
     and passes anything else through to the client (when there is one) as it comes.
-    With ``passing``, everything is passed through under that ``X-Cache`` label."""
+    With ``passing``, everything is passed through under that ``X-Cache`` label.
+
+    ``outcome`` is what the cache's loader returns (a ``Fresh`` response) or raises; in
+    the run of the request that leads the lookup it also resolves ``request.decision``
+    the moment it is known."""
 
     def __init__(
         self,
@@ -149,7 +182,8 @@ class Capture:
         self.passing = False
         self.label = passing or BYPASS
         self.forced = passing is not None
-        self.value: dict[str, Any] | None = None
+        self.leading = request is not None and not self.forced
+        self.outcome: Fresh[dict[str, Any]] | Exception | None = None
         self.complete = asyncio.Event()
         self._replayed = False
 
@@ -161,6 +195,36 @@ class Capture:
             return {"type": "http.request", "body": b"", "more_body": False}
         await self.complete.wait()
         return {"type": "http.disconnect"}
+
+    def decide(self, outcome: Fresh[dict[str, Any]] | Exception) -> None:
+        """Settle what the loader returns (or raises); the first decision holds."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if self.leading:
+            assert self.request is not None
+            decision = self.request.decision
+            if self.request.lead.done() and not decision.done():
+                if isinstance(outcome, Exception):
+                    decision.set_exception(outcome)
+                else:
+                    decision.set_result(outcome)
+
+    def _not_stored(self, why: str) -> Exception:
+        """Hit-for-pass for a status the cache could store (its headers or size stopped
+        it); nothing for another status (a 404 flood writes no entries), nor for a route
+        whose store budget is spent."""
+        if self.status in self.mw.statuses and self.mw.pass_ttl > 0:
+            request = self.request
+            if not self.leading or self.mw.budget.admit(
+                None if request is None else request.route,
+                "" if request is None else request.key,
+                self.mw.pass_ttl,
+            ):
+                passed = Pass(why)
+                passed.owner = request
+                return passed
+        return Uncached(why)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -180,6 +244,7 @@ class Capture:
                 )
                 self.freshness = None if policy is None else (policy.ttl, policy.stale)
             if self.freshness is None:
+                self.decide(self._not_stored("the response may not be stored"))
                 await self._start_passing()
             return
         if kind != "http.response.body":
@@ -194,22 +259,26 @@ class Capture:
             self.chunks.append(body)
             self.size += len(body)
             if self.size > self.mw.max_body_size:
-                buffered = b"".join(self.chunks)
-                self.chunks = []
-                await self._start_passing()
-                await self._forward(buffered, more)
+                self.decide(self._not_stored("the body is over max_body_size"))
+                await self.flush(more)
             elif not more:
-                self._store()
-                if self.client is not None:
-                    await self.answer()
+                await self._finish()
         if not more:
             self.complete.set()
+
+    async def flush(self, more: bool = True) -> None:
+        """Pass what is buffered to the client, and the rest as it comes."""
+        if self.passing or not self.start:
+            return
+        buffered = b"".join(self.chunks)
+        self.chunks = []
+        await self._start_passing()
+        if buffered or not more:
+            await self._forward(buffered, more)
 
     async def _start_passing(self) -> None:
         self.passing = True
         if self.client is not None:
-            assert self.request is not None
-            self.request.sent = True
             start = dict(self.start)  # as the app sent it (``trailers`` included)
             start["headers"] = [*start.get("headers", ()), (b"x-cache", self.label)]
             await self.client(start)
@@ -223,9 +292,9 @@ class Capture:
             return
         await self.client({"type": "http.response.body", "body": body, "more_body": more})
 
-    def _store(self) -> None:
-        """The response is complete and storable: build the stored value and, in the
-        request's own task, answer the client from it."""
+    async def _finish(self) -> None:
+        """The response is complete and storable: build the stored value, decide, and
+        answer the client from it (MISS; BYPASS when the route's budget is spent)."""
         body = b"".join(self.chunks)
         self.chunks = []
         headers = [(k, v) for k, v in self.headers if k not in _UNSTORED]
@@ -234,19 +303,25 @@ class Capture:
             etag = strong_etag(body)
             headers.append((b"etag", etag.encode("latin-1")))
         assert self.freshness is not None
-        self.value = {
+        ttl, stale = self.freshness
+        value = {
             "status": self.status,
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
             "body": body,
             "etag": etag if self.status == 200 else "",
             "stored": float(self.mw.cache.engine.clock()),
-            "ttl": self.freshness[0],
-            "stale": self.freshness[1],
+            "ttl": ttl,
+            "stale": stale,
         }
-
-    async def answer(self) -> None:
-        """Send the stored value to the client (MISS)."""
-        assert self.request is not None
-        assert self.value is not None
-        self.request.sent = True
-        await self.mw.send_stored(self.request, self.value, MISS, None)
+        request = self.request
+        label = MISS
+        if self.leading:
+            assert request is not None
+            if not self.mw.budget.admit(request.route, request.key, ttl + stale):
+                label = BYPASS
+                self.decide(Uncached("the route's store budget is spent"))
+        # The response decides its own freshness; the jitter only ever shortens it, so
+        # no entry outlives what the response allowed.
+        self.decide(Fresh(value, ttl, stale))
+        if request is not None:
+            await self.mw.send_stored(request, value, label, None)

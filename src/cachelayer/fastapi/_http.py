@@ -97,26 +97,36 @@ def storage_policy(
         headers: the response's headers.
         covered: lower-case request header names the cache key includes; a response
             whose ``Vary`` names any other header (or ``*``) is not stored.
-        default_ttl: freshness when the response states none; None stores only responses
-            that state it.
+        default_ttl: freshness when the response states none, and the opt-in to store
+            responses that do not say they may be shared. None (the middleware's
+            default) stores only responses that say so: ``Cache-Control`` ``public``,
+            ``s-maxage`` or ``max-age`` (``public`` needs ``Expires`` for a freshness).
         max_ttl: caps the freshness and, separately, the stale window.
         now: the clock, for ``Expires``.
 
     Not stored: another status, ``Set-Cookie``, ``Cache-Control`` ``no-store``,
     ``private`` or ``no-cache`` (this cache would have to revalidate every use), a
-    ``Vary`` it cannot honour, and a freshness of zero (``max-age=0``, a past or invalid
-    ``Expires``). Freshness is ``s-maxage``, else ``max-age``, else ``Expires`` minus
-    ``Date``, else ``default_ttl``. The stale window is ``stale-while-revalidate``,
-    unless ``must-revalidate`` or ``proxy-revalidate`` forbid serving stale.
+    ``Vary`` it cannot honour, a server-sent-events stream (``text/event-stream``: it is
+    never complete, and each client must get its own), a response that does not say it
+    may be shared when ``default_ttl`` is None, and a freshness of zero (``max-age=0``,
+    a past or invalid ``Expires``). Freshness is ``s-maxage``, else ``max-age``, else
+    ``Expires`` minus ``Date``, else ``default_ttl``. The stale window is
+    ``stale-while-revalidate``, unless ``must-revalidate`` or ``proxy-revalidate``
+    forbid serving stale.
     """
     headers = list(headers)
     if status not in statuses:
         return None
     if any(k.lower() == b"set-cookie" for k, _ in headers):
         return None
+    content_type = header(headers, b"content-type") or ""
+    if content_type.split(";", 1)[0].strip().lower() == "text/event-stream":
+        return None
     cc = parse_cache_control(header(headers, b"cache-control"))
     if "no-store" in cc or "private" in cc or "no-cache" in cc:
         return None
+    if default_ttl is None and not ("public" in cc or "s-maxage" in cc or "max-age" in cc):
+        return None  # it does not say a shared cache may keep it (custom auth, client IP)
     vary = header(headers, b"vary")
     if vary is not None:
         names = {v.strip().lower() for v in vary.split(",") if v.strip()}

@@ -16,13 +16,17 @@ See docs/fastapi.md for the rules and their limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import math
+import urllib.parse
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from .. import Fresh
 from .._keys import escape
-from .._options import Fresh
 from ..errors import ConfigurationError
+from ._budget import StoreBudget
 from ._exchange import (
     BYPASS,
     HIT,
@@ -37,6 +41,7 @@ from ._exchange import (
     Request,
     Scope,
     Send,
+    Uncached,
 )
 from ._http import etag_matches, parse_cache_control
 from ._tags import path_tag, route_tags
@@ -53,23 +58,58 @@ _NOT_MODIFIED_KEEPS = frozenset(
 )  # fmt: skip
 
 
+_STORED_FLOATS = ("stored", "ttl", "stale")
+
+
+def _latin1_line(value: object) -> bool:
+    """A str a header line may carry: latin-1 encodable, without CR, LF or NUL."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return "\r" not in value and "\n" not in value and "\0" not in value
+
+
 def _stored_value(value: Any) -> dict[str, Any] | None:
-    """A response the middleware stored, or None for anything else under its key."""
+    """A response the middleware stored, or None for anything else under its key.
+
+    The whole shape is checked, since the store may hold anything under the key (a
+    forged or corrupted entry): an int status in 100-599, headers as ``[name, value]``
+    pairs of header-safe str, bytes body, str ETag, finite float times. A malformed
+    entry is a miss; serving it must never raise into the server.
+    """
     if not isinstance(value, dict):
         return None
-    try:
-        ok = (
-            isinstance(value["status"], int)
-            and isinstance(value["headers"], list)
-            and isinstance(value["body"], bytes)
-            and isinstance(value["etag"], str)
-            and isinstance(value["stored"], float)
-            and isinstance(value["ttl"], float)
-            and isinstance(value["stale"], float)
-        )
-    except KeyError:
+    status, headers = value.get("status"), value.get("headers")
+    if type(status) is not int or not 100 <= status <= 599:
         return None
-    return value if ok else None
+    if not isinstance(headers, list) or not all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and _latin1_line(pair[0])
+        and _latin1_line(pair[1])
+        and pair[0]
+        for pair in headers
+    ):
+        return None
+    if not isinstance(value.get("body"), bytes) or not _latin1_line(value.get("etag")):
+        return None
+    for name in _STORED_FLOATS:
+        number = value.get(name)
+        if type(number) is not float or not math.isfinite(number) or number < 0:
+            return None
+    return value
+
+
+def _carries_body(headers: dict[bytes, bytes]) -> bool:
+    """Does the request announce a body (a non-zero or malformed ``Content-Length``, or
+    any ``Transfer-Encoding``)? The key does not include a body."""
+    if b"transfer-encoding" in headers:
+        return True
+    length = headers.get(b"content-length")
+    return length is not None and length.strip() != b"0"
 
 
 class ResponseCacheMiddleware:
@@ -77,13 +117,15 @@ class ResponseCacheMiddleware:
 
     ::
 
-        app.add_middleware(ResponseCacheMiddleware, cache=cache, ttl=60)
+        app.add_middleware(ResponseCacheMiddleware, cache=cache)
 
     Args:
         app: the ASGI app.
         cache: the Cache to store responses in (shared by every worker on Redis).
-        ttl: freshness, in seconds, of a response whose headers state none
-            (``s-maxage``, ``max-age``, ``Expires``); None stores only those that do.
+        ttl: None (default): store only responses that say a shared cache may keep
+            them (``Cache-Control`` ``public``, ``s-maxage`` or ``max-age``). Seconds:
+            also store responses that say nothing, fresh for that long -- only for apps
+            that never personalise a response without ``Cache-Control: private``.
         max_ttl: caps every response's freshness, and its stale window; twice it must
             stay below the Cache's ``tag_ttl`` (with the Cache's jitter on top).
         cacheable_statuses: the status codes that may be stored.
@@ -94,8 +136,14 @@ class ResponseCacheMiddleware:
             passed to the app and never cached. A secret of at least 16 bytes: they are
             cached per user, under an HMAC of their credentials with this key.
         max_body_size: a larger response is streamed to the client and not stored.
-        pass_ttl: seconds a key whose response could not be stored goes straight to the
-            app, without waiting on other requests for it (0: every request tries again).
+        pass_ttl: seconds a key whose response could not be stored (for its headers or
+            size; not for its status) goes straight to the app, without waiting on other
+            requests for it (0: every request tries again).
+        max_wait: seconds a request waits for another request's response to the same
+            key before it asks the app itself.
+        max_entries_per_route: live entries one process stores per route (its
+            hit-for-pass marks included); past it, responses are served and not
+            stored. None: no limit.
 
     Responses carry ``X-Cache``: ``HIT``, ``STALE``, ``MISS`` (the app answered; the
     response was stored unless the store was down) or ``BYPASS`` (not cacheable).
@@ -109,14 +157,16 @@ class ResponseCacheMiddleware:
         app: ASGIApp,
         cache: Cache,
         *,
-        ttl: float | None = 60.0,
+        ttl: float | None = None,
         max_ttl: float = 86400.0,
         cacheable_statuses: Collection[int] = (200,),
         vary: Collection[str] = ("accept-encoding",),
         credential_headers: Collection[str] = ("authorization", "cookie"),
         per_user_key: bytes | str | None = None,
         max_body_size: int = 1 << 20,
-        pass_ttl: float = 30.0,
+        pass_ttl: float = 5.0,
+        max_wait: float = 2.0,
+        max_entries_per_route: int | None = 1000,
     ) -> None:
         def positive(name: str, value: object) -> float:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -148,12 +198,20 @@ class ResponseCacheMiddleware:
         if isinstance(max_body_size, bool) or not isinstance(max_body_size, int):
             raise ConfigurationError(f"max_body_size={max_body_size!r} must be an int")
         self.max_body_size = max_body_size
-        if pass_ttl:
-            self._cache_errors: dict[type[BaseException], float] | None = {
-                Pass: positive("pass_ttl", pass_ttl)
-            }
-        else:
-            self._cache_errors = None
+        self.pass_ttl = positive("pass_ttl", pass_ttl) if pass_ttl else 0.0
+        self._cache_errors: dict[type[BaseException], float] | None = (
+            {Pass: self.pass_ttl} if self.pass_ttl else None
+        )
+        self.max_wait = positive("max_wait", max_wait)
+        if max_entries_per_route is not None and (
+            isinstance(max_entries_per_route, bool)
+            or not isinstance(max_entries_per_route, int)
+            or max_entries_per_route < 1
+        ):
+            raise ConfigurationError(
+                f"max_entries_per_route={max_entries_per_route!r} must be an int >= 1 or None"
+            )
+        self.budget = StoreBudget(max_entries_per_route, cache.engine.clock)
 
     # -- the request -----------------------------------------------------------------------
 
@@ -168,24 +226,38 @@ class ResponseCacheMiddleware:
             headers[b"cache-control"].decode("latin-1")
         )
         has_credentials = any(h in headers for h in self.credential_headers)
-        if no_store or (has_credentials and self._user_key is None):
+        if (
+            no_store
+            or (has_credentials and self._user_key is None)
+            or _carries_body(headers)  # the key does not include it
+        ):
             await self._bypass(scope, receive, send, BYPASS)
             return
         key = self._key(scope, headers, has_credentials)
-        tags = [path_tag(scope["path"]), *route_tags(scope.get("app", self.app), scope)]
+        route, tags = route_tags(scope.get("app", self.app), scope)
         inm = headers.get(b"if-none-match")
-        request = Request(scope, receive, send, None if inm is None else inm.decode("latin-1"))
-        await self._serve(request, key, tags)
+        request = Request(
+            scope, receive, send, None if inm is None else inm.decode("latin-1"), key, route
+        )
+        await self._serve(request, [path_tag(scope["path"]), *tags])
 
     def _key(self, scope: Scope, headers: dict[bytes, bytes], has_credentials: bool) -> str:
         """``http:<scheme>:<host>:<path>:<query>[:<vary values>][:u<user>]``, each part
-        escaped. The query string is keyed exactly as sent, never reordered: the app may
-        read its order (``request.url``), and ``%71`` names ``q`` once decoded, so only
-        the raw bytes tell two queries the app sees differently apart."""
+        escaped. The path is the one the client sent (``raw_path``; else the decoded
+        path, percent-encoded again), since ``/a%2Fb`` and ``/a/b`` decode alike but may
+        be different resources. The query string is keyed exactly as sent, never
+        reordered: the app may read its order (``request.url``), and ``%71`` names ``q``
+        once decoded, so only the raw bytes tell two queries the app sees differently
+        apart."""
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes) and raw_path:
+            path = raw_path.split(b"?", 1)[0].decode("latin-1")
+        else:
+            path = urllib.parse.quote(scope["path"], safe="/:@!$&'()*+,;=")
         parts = [
             scope.get("scheme", "http"),
             headers.get(b"host", b"").decode("latin-1").lower(),
-            scope["path"],
+            path,
             scope.get("query_string", b"").decode("latin-1"),
         ]
         key = "http:" + ":".join(escape(p) for p in parts)
@@ -200,41 +272,57 @@ class ResponseCacheMiddleware:
             key += ":u" + hmac.new(self._user_key, signed, "sha256").hexdigest()[:32]
         return key
 
-    async def _serve(self, request: Request, key: str, tags: list[str]) -> None:
-        cache = self.cache
+    async def _serve(self, request: Request, tags: list[str]) -> None:
+        """Look the key up in a task of its own. This request either gets the lookup's
+        answer, or is asked (``lead``) to run the app and decide what the loader
+        returns, or waits no longer than ``max_wait`` and asks the app itself."""
+        lead, decision = request.lead, request.decision
 
         async def load() -> Fresh[dict[str, Any]]:
-            return await self._load(request)
+            if asyncio.current_task() is not request.lookup:
+                return await self._refresh(request)  # a stale entry's background refresh
+            lead.set_result(None)
+            return await decision
 
-        error: Exception | None = None
-        value: Any = None
-        try:
-            # The response states its own freshness (Fresh); the call's TTL and stale
-            # window are the caps every response is held to.
-            value = await cache.aget_or_load(
-                key,
+        # The response states its own freshness (Fresh); the call's TTL and stale
+        # window are the caps every response is held to.
+        lookup = asyncio.ensure_future(
+            self.cache.aget_or_load(
+                request.key,
                 load,
                 self.max_ttl,
                 cache_errors=self._cache_errors,
                 stale_ttl=self.max_ttl,
                 tags=tags,
             )
-        except Pass as exc:
-            if exc.owner is not request:  # hit-for-pass, or another request's response
-                await self._pass(request, BYPASS)
-            return
-        except AppFailed as exc:
-            if exc.owner is not request:
+        )
+        request.lookup = lookup
+        lookup.add_done_callback(_retrieved)
+        try:
+            done, _ = await asyncio.wait(
+                (lookup, lead), timeout=self.max_wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            if lead.done():
+                await self._lead(request)
+                return
+            if not done:  # waited long enough for another request's response
+                lookup.cancel()
                 await self._pass(request, BYPASS)
                 return
-            error = exc.error
-        if error is not None:
-            raise error  # the app's own exception, as without the cache (outside the
-            # except block, so that its context stays the app's)
-        if request.sent:
-            return
+            try:
+                value = lookup.result()
+            except (Pass, Uncached, AppFailed):
+                # hit-for-pass, or another request's response that was not stored
+                await self._pass(request, BYPASS)
+                return
+        finally:
+            if lead.done():
+                if not decision.done():  # the app's run ended before it decided
+                    decision.set_exception(Uncached("no response"))
+            elif not lookup.done():
+                lookup.cancel()  # the lookup waits on others: this request is gone
         stored = _stored_value(value)
-        now = cache.engine.clock()
+        now = self.cache.engine.clock()
         age = -1.0 if stored is None else max(0.0, now - stored["stored"])
         if stored is None or age >= stored["ttl"] + stored["stale"]:
             # Not ours, or past its own stale window but not yet gone from the store (the
@@ -242,6 +330,31 @@ class ResponseCacheMiddleware:
             await self._pass(request, MISS)
             return
         await self.send_stored(request, stored, STALE if age >= stored["ttl"] else HIT, age)
+
+    async def _lead(self, request: Request) -> None:
+        """Run the app for the cache in the request's own task. The capture decides what
+        the lookup's loader returns as soon as it can tell; the lookup then fills the
+        store (or not) while the response goes on to the client."""
+        capture = Capture(self, request)
+        error: Exception | None = None
+        try:
+            await self.app(request.app_scope(True), request.receive, capture.send)
+        except Exception as exc:
+            error = exc
+            capture.decide(AppFailed(request, exc))
+        finally:
+            request.publish()
+        if error is None and capture.outcome is None:
+            # The app returned before its response was complete: the client went away
+            # (a server's app stops streaming then), or the app is done with it. The
+            # server gets what the app sent, as without the cache; nothing is stored.
+            await capture.flush()
+            capture.decide(Uncached("the app returned before its response was complete"))
+        assert request.lookup is not None
+        with contextlib.suppress(Pass, Uncached, AppFailed):
+            await request.lookup  # the fill, or the lease's release, is done
+        if error is not None:
+            raise error  # the app's own exception, as without the cache
 
     async def _pass(self, request: Request, label: bytes) -> None:
         """Answer a request the cache took, from the app and without storing: as a GET,
@@ -285,32 +398,25 @@ class ResponseCacheMiddleware:
         await send({"type": "http.response.start", "status": stored["status"], "headers": headers})
         await send({"type": "http.response.body", "body": b"" if request.head else body})
 
-    # -- the loader --------------------------------------------------------------------------
+    # -- the refresh ------------------------------------------------------------------------
 
-    async def _load(self, request: Request) -> Fresh[dict[str, Any]]:
-        """Run the app for the cache. In the request's own task the response also goes to
-        the client as soon as it is complete (so background tasks do not delay it); in a
-        background refresh it is only captured."""
-        foreground = asyncio.current_task() is request.task
-        owner = request if foreground else None
-        capture = Capture(self, owner)
-        receive = request.receive if foreground else capture.replay_receive
+    async def _refresh(self, request: Request) -> Fresh[dict[str, Any]]:
+        """Run the app for a stale entry's background refresh: the response is captured,
+        never sent; the request is replayed with an empty body."""
+        capture = Capture(self, None)
         try:
-            await self.app(request.app_scope(foreground), receive, capture.send)
+            await self.app(request.app_scope(False), capture.replay_receive, capture.send)
         except Exception as exc:
-            raise AppFailed(owner, exc) from exc
-        finally:
-            if foreground:
-                request.publish()
-        if capture.passing:
-            passed = Pass()
-            passed.owner = owner
-            raise passed
-        if capture.value is None:
-            incomplete = RuntimeError("the app returned before its response was complete")
-            raise AppFailed(owner, incomplete)
-        fresh = capture.freshness
-        assert fresh is not None
-        # The response decides its own freshness; the jitter only ever shortens it, so no
-        # entry outlives what the response allowed.
-        return Fresh(capture.value, fresh[0], fresh[1])
+            raise AppFailed(None, exc) from exc
+        outcome = capture.outcome
+        if outcome is None:
+            raise Uncached("the app returned before its response was complete")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a lookup's outcome seen, so a lookup nobody awaited logs nothing."""
+    if not task.cancelled():
+        task.exception()

@@ -96,11 +96,11 @@ def cache_tags(*templates: str) -> Callable[[F], F]:
     return decorate
 
 
-def _find_endpoint(routes: Any, scope: Scope, depth: int = 0) -> tuple[Any, dict[str, Any]]:
-    """The endpoint and path parameters Starlette's router would pick for a GET of
-    ``scope``, or ``(None, {})``; mounted routers are searched too."""
+def _find_route(routes: Any, scope: Scope, depth: int = 0) -> tuple[Any, Any, dict[str, Any]]:
+    """The route, endpoint and path parameters Starlette's router would pick for a GET
+    of ``scope``, or ``(None, None, {})``; mounted routers are searched too."""
     if not routes or depth > 8:
-        return None, {}
+        return None, None, {}
     for route in routes:
         matches = getattr(route, "matches", None)
         if matches is None:
@@ -111,9 +111,9 @@ def _find_endpoint(routes: Any, scope: Scope, depth: int = 0) -> tuple[Any, dict
         merged = {**scope, **child}
         sub = getattr(route, "routes", None)
         if sub:
-            return _find_endpoint(sub, merged, depth + 1)
-        return child.get("endpoint"), dict(merged.get("path_params") or {})
-    return None, {}
+            return _find_route(sub, merged, depth + 1)
+        return route, child.get("endpoint"), dict(merged.get("path_params") or {})
+    return None, None, {}
 
 
 def _render_tag(template: str, params: dict[str, Any], path: str) -> str:
@@ -126,14 +126,17 @@ def _render_tag(template: str, params: dict[str, Any], path: str) -> str:
         ) from None
 
 
-def route_tags(app: Any, scope: Scope) -> list[str]:
-    """The rendered ``@cache_tags`` of the route a GET of ``scope`` would reach, if any.
+def route_tags(app: Any, scope: Scope) -> tuple[str | None, list[str]]:
+    """The path template of the route a GET of ``scope`` would reach (None when there
+    is none, or no router to ask) and its rendered ``@cache_tags``.
 
     ``app`` is the Starlette or FastAPI app (``scope["app"]``), whose router is asked.
     """
     routes = getattr(getattr(app, "router", app), "routes", None)
     if not routes:
-        return []
-    endpoint, params = _find_endpoint(routes, {**scope, "method": "GET"})
+        return None, []
+    route, endpoint, params = _find_route(routes, {**scope, "method": "GET"})
     templates = getattr(endpoint, _TAGS_ATTR, ())
-    return [_render_tag(t, params, scope["path"]) for t in templates]
+    template = getattr(route, "path", None)
+    rendered = [_render_tag(t, params, scope["path"]) for t in templates]
+    return (template if isinstance(template, str) else None), rendered
