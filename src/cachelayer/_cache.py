@@ -12,16 +12,16 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
 from ._engine import Engine, lease_key
-from ._envelope import Serializer
+from ._envelope import DEFAULT_MAX_VALUE_SIZE, Serializer
 from ._keys import KeyBuilder, derived_key
 from ._lock import Lock
-from ._options import ErrorPolicy, ReadOptions
+from ._options import ErrorPolicy, Fresh, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
 from ._readpath import plain_get, read_through, warm
 from ._redact import redact_url
@@ -33,6 +33,8 @@ from .backends import AsyncStore, Store, store_from_url
 from .errors import ConfigurationError
 
 __all__ = ["Cache"]
+
+T = TypeVar("T")
 
 #: The Store protocol's methods (to name the missing ones of an incomplete store).
 _STORE_METHODS = [
@@ -59,6 +61,9 @@ class Cache:
         compress_threshold: zstd-compress payloads of at least this many bytes; ``None``
             turns compression off.
         signing_key: HMAC-SHA256 key(s); with one, every entry is signed and verified.
+        max_value_size: the largest encoded value (before compression) in bytes, 8 MiB by
+            default; larger values are refused on write (``ValueError``) and larger
+            stored payloads are misses, refused before they are decompressed.
         on_error: ``"ignore"`` (default): a failing store makes plain calls return
             their fallback (``get`` its default); ``"raise"``: they raise
             :class:`~cachelayer.errors.StoreUnavailable`. ``get_or_load`` and decorated
@@ -88,6 +93,7 @@ class Cache:
         codec: str = "json",
         compress_threshold: int | None = 1024,
         signing_key: bytes | str | Iterable[bytes | str] | None = None,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         on_error: Literal["ignore", "raise"] = "ignore",
         breaker: CircuitBreaker | None = None,
         lease_ttl: float = 10.0,
@@ -131,7 +137,12 @@ class Cache:
         runner = StoreRunner(store, breaker or CircuitBreaker(), self.stats, refresh_workers)
         self.engine = Engine(
             runner=runner,
-            serializer=Serializer(codec, compress_threshold=compress_threshold, signing_key=keys),
+            serializer=Serializer(
+                codec,
+                compress_threshold=compress_threshold,
+                signing_key=keys,
+                max_value_size=max_value_size,
+            ),
             keys=KeyBuilder(namespace, version, max_key_length),
             ttl=TtlPolicy(ttl, ttls, jitter, rng),
             stats=self.stats,
@@ -210,7 +221,7 @@ class Cache:
         full = e.keys.full(key)
         seconds = e.ttl.resolve(ttl)
         e.stats.sets += 1
-        return Set(full, e.encode(value, seconds), seconds, lease_key(full))
+        return Set(full, e.encode(value, seconds, key=full), seconds, lease_key(full))
 
     def set(self, key: str, value: Any, ttl: TtlSpec = DEFAULT) -> None:
         """Store ``value`` (any supported type, falsy ones included) for ``ttl`` seconds.
@@ -319,7 +330,19 @@ class Cache:
 
         on_commit(run)
 
+    # The overloads type the result by the loader's (a Fresh[T] loader gives a T); the
+    # options are checked by the implementation's signature at run time.
+    @overload
     def get_or_load(
+        self, key: str, loader: Callable[[], Fresh[T]], ttl: TtlSpec = ..., **options: Any
+    ) -> T: ...
+
+    @overload
+    def get_or_load(
+        self, key: str, loader: Callable[[], T], ttl: TtlSpec = ..., **options: Any
+    ) -> T: ...
+
+    def get_or_load(  # type: ignore[misc]  # the overloads leave the options to run time
         self,
         key: str,
         loader: Callable[[], Any],
@@ -345,7 +368,31 @@ class Cache:
         tag_keys = [e.keys.tag(t) for t in tags]
         return e.drive(read_through(e, e.keys.full(key), options, tag_keys), loader)
 
+    @overload
     async def aget_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Fresh[T]]],
+        ttl: TtlSpec = ...,
+        **options: Any,
+    ) -> T: ...
+
+    @overload
+    async def aget_or_load(
+        self, key: str, loader: Callable[[], Awaitable[T]], ttl: TtlSpec = ..., **options: Any
+    ) -> T: ...
+
+    @overload
+    async def aget_or_load(
+        self, key: str, loader: Callable[[], Fresh[T]], ttl: TtlSpec = ..., **options: Any
+    ) -> T: ...
+
+    @overload
+    async def aget_or_load(
+        self, key: str, loader: Callable[[], T], ttl: TtlSpec = ..., **options: Any
+    ) -> T: ...
+
+    async def aget_or_load(  # type: ignore[misc]  # (see get_or_load)
         self,
         key: str,
         loader: Callable[[], Any],
