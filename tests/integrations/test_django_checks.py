@@ -134,3 +134,22 @@ def test_manage_py_check_fails_on_errors(rules: Any) -> None:
     rules(Order, tags=["customer:{nope}"])
     with pytest.raises(SystemCheckError, match=r"cachelayer\.E002"):
         call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("engine", "alias", "warned"),
+    [
+        ("django.contrib.sessions.backends.cache", "other", True),
+        ("django.contrib.sessions.backends.cached_db", "other", False),
+        ("django.contrib.sessions.backends.db", "other", False),
+        ("django.contrib.sessions.backends.cache", "stock", False),
+    ],
+)
+def test_sessions_only_in_a_cachelayer_cache_warn(engine: str, alias: str, warned: bool) -> None:
+    """Sessions kept only in a cachelayer cache are W003 (a Redis outage logs everyone out
+    and login answers 500); cached_db, db, or a non-cachelayer alias are fine."""
+    caches = caches_with(LOCATION="memory://")
+    caches["stock"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    with override_settings(CACHES=caches, SESSION_ENGINE=engine, SESSION_CACHE_ALIAS=alias):
+        found = ours("caches")
+    assert ("cachelayer.W003" in [i for i, _ in found]) is warned

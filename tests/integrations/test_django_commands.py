@@ -125,14 +125,14 @@ def test_clear_deletes_one_namespace_and_version_only(
         get_cache("other").set("a", "kept")
         client.set(f"{namespace}:v1:a", b"another version")
         client.set(f"unrelated-{namespace}", b"kept")
-        out, err = run("cachelayer_clear")
+        out, err = run("cachelayer_clear", "--noinput")
         assert "Deleted 2 keys of 'default'" in out
         assert err == ""
         assert get_cache().get("a", MISSING) is MISSING
         assert get_cache("other").get("a") == "kept"
         assert client.get(f"{namespace}:v1:a") == b"another version"
         assert client.get(f"unrelated-{namespace}") == b"kept"
-        run("cachelayer_clear", "other")
+        run("cachelayer_clear", "other", "--noinput")
         assert get_cache("other").get("a", MISSING) is MISSING
     finally:
         client.delete(f"{namespace}:v1:a", f"unrelated-{namespace}")
@@ -143,11 +143,32 @@ def test_clear_reports_what_it_cannot_do(aliases: dict[str, Any]) -> None:
     """A dead store is a CommandError, not a silent success; memory:// is cleared in
     this process only, which stderr says; another backend is refused."""
     with pytest.raises(CommandError, match="could not clear 'down'"):
-        run("cachelayer_clear", "down")
+        run("cachelayer_clear", "down", "--noinput")
     get_cache("local").set("k", 1)
-    out, err = run("cachelayer_clear", "local")
+    out, err = run("cachelayer_clear", "local", "--noinput")
     assert "Deleted 1 keys of 'local'" in out
     assert "this process's copy only" in err
     assert get_cache("local").get("k", MISSING) is MISSING
     with pytest.raises(CommandError, match="'stock'"):
-        run("cachelayer_clear", "stock")
+        run("cachelayer_clear", "stock", "--noinput")
+
+
+def test_clear_says_what_it_deletes_and_asks_first(
+    aliases: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --noinput it names what it will delete -- the sessions, when they live in
+    that cache -- and deletes nothing unless the answer is yes (it used to wipe every
+    session without a word)."""
+    get_cache("local").set("k", 1)
+    answers = iter(["no", "yes"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    with override_settings(
+        SESSION_ENGINE="django.contrib.sessions.backends.cache", SESSION_CACHE_ALIAS="local"
+    ):
+        out, _ = run("cachelayer_clear", "local")
+        assert "holds the sessions: every user will be logged out" in out
+        assert "Nothing deleted." in out
+        assert get_cache("local").get("k") == 1
+        out, _ = run("cachelayer_clear", "local")
+    assert "Deleted 1 keys of 'local'" in out
+    assert get_cache("local").get("k", MISSING) is MISSING

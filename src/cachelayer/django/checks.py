@@ -7,6 +7,9 @@
 - ``cachelayer.E003``: an ``invalidate_on`` rule names an alias that is not cachelayer's.
 - ``cachelayer.W001``: ``TIMEOUT`` is 0 or negative: default-timeout writes store nothing.
 - ``cachelayer.W002``: an ``invalidate_on`` template formats a relation (a query a write).
+- ``cachelayer.W003``: sessions live only in a cachelayer cache
+  (``SESSION_ENGINE = "django.contrib.sessions.backends.cache"``): a Redis outage logs
+  every user out and new sessions fail with 500, ``cachelayer_clear`` deletes them all.
 
 Django's own cache checks build every backend, so a setting the backend refuses (a bad
 URL, an unknown option, pickle without a signing key) usually stops ``manage.py check``
@@ -80,7 +83,29 @@ def check_caches(
                     id="cachelayer.W001",
                 )
             )
+    messages += _check_sessions()
     return messages
+
+
+_CACHE_SESSIONS = "django.contrib.sessions.backends.cache"
+
+
+def _check_sessions() -> list[checks.CheckMessage]:
+    engine = getattr(settings, "SESSION_ENGINE", "django.contrib.sessions.backends.db")
+    alias = getattr(settings, "SESSION_CACHE_ALIAS", "default")
+    if engine != _CACHE_SESSIONS or alias not in cachelayer_aliases():
+        return []
+    return [
+        checks.Warning(
+            f"Sessions are stored only in CACHES[{alias!r}], a cachelayer cache: when Redis "
+            "is down the cache fails open, so no session can be read (every user is logged "
+            "out) or created (login answers 500), and cachelayer_clear deletes them all.",
+            hint='Use SESSION_ENGINE = "django.contrib.sessions.backends.cached_db" '
+            "(sessions in the database, read through the cache), or keep sessions in a "
+            "SESSION_CACHE_ALIAS of their own that is not cachelayer's.",
+            id="cachelayer.W003",
+        )
+    ]
 
 
 @checks.register(checks.Tags.models)
