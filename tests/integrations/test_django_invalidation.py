@@ -527,3 +527,15 @@ def test_rules_declared_before_the_models_are_loaded(
     assert not present(cache, "post")
     connect_pending()  # nothing left to connect: harmless
     assert rule.m2m_senders == [Post.tags.through]
+
+
+def test_a_rule_declared_after_startup_is_reported(
+    cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rule declared once Django has started (in views.py, say) exists only where that
+    module is imported: it is logged at WARNING, pointing to AppConfig.ready()."""
+    with caplog.at_level("WARNING", logger="cachelayer"):
+        rule = invalidate_on(Customer, tags=["customer:{pk}"], cache=cache)
+    rule.disconnect()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("declared after Django started" in m and "AppConfig.ready()" in m for m in messages)

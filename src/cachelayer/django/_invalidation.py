@@ -492,6 +492,7 @@ def invalidate_on(
     """
     target_cache: Cache | str = "default" if cache is None else cache
     tag_targets, key_targets = check_targets(tags, "tags"), check_targets(keys, "keys")
+    _warn_if_late(model)
     if model is None:
 
         def decorate(cls: M) -> M:
@@ -500,3 +501,19 @@ def invalidate_on(
 
         return decorate
     return ModelInvalidation(model, tag_targets, key_targets, target_cache)
+
+
+def _warn_if_late(model: type[Model] | None) -> None:
+    """A rule declared once Django has started (in views.py, say) only exists in the
+    processes that happened to import its module: ``manage.py shell``, management
+    commands and task workers never import views, and their writes invalidate nothing.
+    ``AppConfig.ready()`` (or a models module) runs in every process."""
+    if not apps.ready:
+        return
+    log.warning(
+        "cachelayer: invalidate_on(%s) was declared after Django started (in a module "
+        "imported late, such as views.py): processes that never import that module "
+        "(manage.py shell, commands, workers) will not invalidate. Declare rules in "
+        "AppConfig.ready() or next to the model.",
+        model.__name__ if model is not None else "...",
+    )
