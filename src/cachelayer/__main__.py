@@ -1,10 +1,12 @@
-"""The ``cachelayer`` command: ``cachelayer demo`` runs the story end to end (docs/demo.md)."""
+"""The ``cachelayer`` command: ``cachelayer demo`` runs the story end to end (docs/demo.md);
+``cachelayer profile`` and ``cachelayer doctor`` look at a Redis (docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib.util import find_spec
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     from .demo import cli
 
     cli.add_arguments(demo)
+    ops = _add_operations(commands)
     args = parser.parse_args(argv)
+    if args.command in ops:
+        return _run_operation(args)
     missing = [name for name in ("django", "gunicorn", "rich") if find_spec(name) is None]
     if missing:
         print(
@@ -28,6 +33,41 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return cli.main(args)
+
+
+def _add_operations(commands: Any) -> set[str]:
+    from .cli import doctor, profile_output
+
+    profile = commands.add_parser(
+        "profile",
+        help="memory by key group, TTL spread, biggest keys, compression savings",
+        description="Walk a Redis keyspace with SCAN (bounded, throttled, read-only) and "
+        "report memory by key group (docs/operations.md).",
+    )
+    profile_output.add_arguments(profile)
+    profile.set_defaults(run=profile_output.main)
+    check = commands.add_parser(
+        "doctor",
+        help="check a Redis used as a cache: memory limits, eviction, persistence, ...",
+        description="Check what commonly goes wrong with a Redis used as a cache; exit 1 "
+        "on an error-level finding (docs/operations.md).",
+    )
+    doctor.add_arguments(check)
+    check.set_defaults(run=doctor.main)
+    return {"profile", "doctor"}
+
+
+def _run_operation(args: argparse.Namespace) -> int:
+    missing = [name for name in ("redis", "rich") if find_spec(name) is None]
+    if missing:
+        print(
+            f"cachelayer {args.command} needs {', '.join(missing)}: "
+            'pip install "cachelayer[cli]"',
+            file=sys.stderr,
+        )
+        return 2
+    result: int = args.run(args)
+    return result
 
 
 if __name__ == "__main__":
