@@ -47,16 +47,19 @@ PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 HEADER = struct.Struct(">2sBBBBIQQ")
 
 SERIALIZERS = {codec: Serializer(codec) for codec in CODECS}
+#: the store key entries are written for and read from (signed ones are bound to it)
+K = "t:v1:k"
 
 
 def dumps(ser: Serializer, value: Any, **fields: Any) -> bytes:
     fields.setdefault("written_ms", 1_700_000_000_000)
     fields.setdefault("fresh_until_ms", 1_700_000_300_000)
+    fields.setdefault("key", K)
     return ser.dumps(value, **fields)
 
 
 def round_trip(ser: Serializer, value: Any) -> Any:
-    return ser.loads(dumps(ser, value)).value
+    return ser.loads(dumps(ser, value), key=K).value
 
 
 def canon(value: Any) -> Any:
@@ -271,7 +274,7 @@ def test_plain_json_document_is_stored_untagged() -> None:
     raw = dumps(SERIALIZERS["json"], profile)
     assert raw[4] & FLAG_TAGGED == 0
     assert raw[HEADER_SIZE:] == orjson.dumps(profile)
-    assert_same(SERIALIZERS["json"].loads(raw).value, profile)
+    assert_same(SERIALIZERS["json"].loads(raw, key=K).value, profile)
 
 
 def test_tuple_inside_sets_the_tagged_flag() -> None:
@@ -284,8 +287,8 @@ def test_untagged_payload_is_not_walked() -> None:
     """With the tagged flag clear, a tag-shaped object in the JSON is returned as a dict."""
     tagged = dumps(SERIALIZERS["json"], (1, 2))
     untagged = tagged[:4] + bytes([tagged[4] & ~FLAG_TAGGED]) + tagged[5:]
-    assert SERIALIZERS["json"].loads(tagged).value == (1, 2)
-    assert SERIALIZERS["json"].loads(untagged).value == {"$cl": ["tuple", [1, 2]]}
+    assert SERIALIZERS["json"].loads(tagged, key=K).value == (1, 2)
+    assert SERIALIZERS["json"].loads(untagged, key=K).value == {"$cl": ["tuple", [1, 2]]}
 
 
 @given(doc=plain_json)
@@ -313,7 +316,7 @@ def test_random_bytes_raise_decode_error(raw: bytes) -> None:
         raw = b"x" + raw
     for ser in ALL_READERS:
         with pytest.raises(DecodeError):
-            ser.loads(raw)
+            ser.loads(raw, key=K)
 
 
 @given(
@@ -328,7 +331,7 @@ def test_random_payload_behind_a_valid_header_raises_only_decode_error(
     raw = HEADER.pack(b"cL", 1, codec_id, flags, 0, 5, 1, 2) + payload
     for ser in ALL_READERS:
         try:
-            entry = ser.loads(raw)
+            entry = ser.loads(raw, key=K)
         except DecodeError:
             continue
         assert entry.written_ms == 1
@@ -349,10 +352,10 @@ def test_truncated_envelope_raises_decode_error(codec: str, options: dict[str, A
     """A valid envelope cut at any length short of its end raises DecodeError."""
     ser = Serializer(codec, **options)
     raw = dumps(ser, {"user": [1, 2.5, "x" * 40, (3, None)], "ok": True})
-    assert_same(ser.loads(raw).value, {"user": [1, 2.5, "x" * 40, (3, None)], "ok": True})
+    assert_same(ser.loads(raw, key=K).value, {"user": [1, 2.5, "x" * 40, (3, None)], "ok": True})
     for length in range(len(raw)):
         with pytest.raises(DecodeError):
-            ser.loads(raw[:length])
+            ser.loads(raw[:length], key=K)
 
 
 @pytest.mark.parametrize("codec", [*CODECS, "pickle"])
@@ -364,7 +367,7 @@ def test_any_flipped_bit_in_a_signed_envelope_raises_decode_error(codec: str) ->
         for bit in (0x01, 0x80):
             forged = raw[:pos] + bytes([raw[pos] ^ bit]) + raw[pos + 1 :]
             with pytest.raises(DecodeError):
-                ser.loads(forged)
+                ser.loads(forged, key=K)
 
 
 def _patch(raw: bytes, offset: int, byte: int) -> bytes:
@@ -393,21 +396,21 @@ def test_header_fields_a_reader_does_not_understand_raise_decode_error(
     """Wrong magic, another version, unknown codec id or flag bits, non-zero reserved: refused."""
     raw = _patch(dumps(SERIALIZERS["json"], [1, 2]), offset, byte)
     with pytest.raises(DecodeError, match=message):
-        SERIALIZERS["json"].loads(raw)
+        SERIALIZERS["json"].loads(raw, key=K)
 
 
 def test_trailing_bytes_after_a_json_payload_raise_decode_error() -> None:
     """A payload with bytes after the JSON document is refused."""
     raw = dumps(SERIALIZERS["json"], {"a": 1})
     with pytest.raises(DecodeError):
-        SERIALIZERS["json"].loads(raw + b" x")
+        SERIALIZERS["json"].loads(raw + b" x", key=K)
 
 
 def test_msgpack_timestamp_extension_from_a_foreign_writer() -> None:
     """msgpack's own timestamp extension (-1), which cachelayer never writes, decodes to a
     msgpack.Timestamp (documented in values.md): the bytes parse, so they are a value."""
     raw = HEADER.pack(b"cL", 1, 2, 0, 0, 0, 0, 0) + msgpack.packb(msgpack.Timestamp(1, 0))
-    assert SERIALIZERS["msgpack"].loads(raw).value == msgpack.Timestamp(1, 0)
+    assert SERIALIZERS["msgpack"].loads(raw, key=K).value == msgpack.Timestamp(1, 0)
 
 
 @pytest.mark.parametrize("code", [0, 6, 42, 126, -5, -128])
@@ -416,7 +419,7 @@ def test_unknown_msgpack_extension_raises_decode_error(code: int) -> None:
     ext = b"\xd4" + struct.pack(">b", code) + b"\x90"  # fixext 1: type, one data byte
     raw = HEADER.pack(b"cL", 1, 2, 0, 0, 0, 0, 0) + ext
     with pytest.raises(DecodeError):
-        SERIALIZERS["msgpack"].loads(raw)
+        SERIALIZERS["msgpack"].loads(raw, key=K)
 
 
 @pytest.mark.parametrize(
@@ -435,7 +438,7 @@ def test_malformed_json_tags_raise_decode_error(tree: Any) -> None:
     """A tagged JSON payload with an unknown tag or malformed tag data is a DecodeError."""
     raw = HEADER.pack(b"cL", 1, 1, FLAG_TAGGED, 0, 0, 0, 0) + orjson.dumps(tree)
     with pytest.raises(DecodeError):
-        SERIALIZERS["json"].loads(raw)
+        SERIALIZERS["json"].loads(raw, key=K)
 
 
 def _nested_tuples(depth: int) -> Any:
@@ -470,7 +473,7 @@ def test_msgpack_decodes_deeply_nested_tuples_on_a_small_thread_stack() -> None:
     ser = SERIALIZERS["msgpack"]
     value = _nested_tuples(100)
     raw = dumps(ser, value)
-    [back] = _run_with_small_stack(lambda: ser.loads(raw).value)
+    [back] = _run_with_small_stack(lambda: ser.loads(raw, key=K).value)
     assert back == value
 
 
@@ -482,7 +485,7 @@ def test_msgpack_refuses_nesting_beyond_the_limit() -> None:
     for _ in range(5000):
         forged = msgpack.packb(msgpack.ExtType(1, b"\x91" + forged))  # a 1-tuple of ...
     raw = HEADER.pack(b"cL", 1, 2, 0, 0, 0, 0, 0) + forged
-    [error] = _run_with_small_stack(lambda: SERIALIZERS["msgpack"].loads(raw))
+    [error] = _run_with_small_stack(lambda: SERIALIZERS["msgpack"].loads(raw, key=K))
     assert isinstance(error, DecodeError)
 
 
@@ -621,7 +624,7 @@ def test_registered_dataclass_round_trips_inside_a_list(codec: str) -> None:
     """A dataclass registered with default dump/load comes back as that dataclass."""
     ser = _registered_serializer(codec)
     value = [Point(1, 2.5, ("a", "b")), {"p": Point(-3, math.inf)}]
-    back = ser.loads(dumps(ser, value)).value
+    back = ser.loads(dumps(ser, value), key=K).value
     assert type(back) is list
     assert type(back[0]) is Point
     assert type(back[0].label) is tuple
@@ -632,7 +635,7 @@ def test_registered_dataclass_round_trips_inside_a_list(codec: str) -> None:
 def test_registered_class_with_dump_and_load_round_trips(codec: str) -> None:
     """A class registered with dump/load comes back through load, its Decimal exact."""
     ser = _registered_serializer(codec)
-    back = ser.loads(dumps(ser, (Money(Decimal("9.90"), "EUR"),))).value
+    back = ser.loads(dumps(ser, (Money(Decimal("9.90"), "EUR"),)), key=K).value
     assert type(back) is tuple
     assert back == (Money(Decimal("9.90"), "EUR"),)
     assert str(back[0].amount) == "9.90"
@@ -643,7 +646,7 @@ def test_unregistered_name_in_stored_bytes_raises_decode_error(codec: str) -> No
     """A reader that has not registered the stored type name refuses the entry."""
     raw = dumps(_registered_serializer(codec), [Point(1, 2.0)])
     with pytest.raises(DecodeError):
-        Serializer(codec).loads(raw)
+        Serializer(codec).loads(raw, key=K)
 
 
 def test_registering_a_taken_name_for_another_class_raises_value_error() -> None:
@@ -734,7 +737,7 @@ def test_family_load_decides_what_it_rebuilds(codec: str) -> None:
     ser = Serializer(codec, registry=_family_registry())
     raw = dumps(ser, Circle(4))
     with pytest.raises(DecodeError):
-        ser.loads(raw)
+        ser.loads(raw, key=K)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -798,7 +801,7 @@ def test_payload_above_threshold_is_compressed_and_smaller(codec: str) -> None:
     assert packed[4] & FLAG_ZSTD
     assert len(packed) < len(plain)
     assert zstandard.ZstdDecompressor().decompress(packed[HEADER_SIZE:]) == plain[HEADER_SIZE:]
-    assert_same(Serializer(codec).loads(packed).value, BIG)
+    assert_same(Serializer(codec).loads(packed, key=K).value, BIG)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -820,7 +823,7 @@ def test_incompressible_payload_is_stored_uncompressed() -> None:
     noise = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(64))
     raw = dumps(Serializer("msgpack", compress_threshold=0), noise)
     assert raw[4] & FLAG_ZSTD == 0
-    assert SERIALIZERS["msgpack"].loads(raw).value == noise
+    assert SERIALIZERS["msgpack"].loads(raw, key=K).value == noise
 
 
 def test_negative_threshold_is_a_configuration_error() -> None:
@@ -839,24 +842,24 @@ def test_zstd_frame_declaring_a_huge_size_raises_decode_error() -> None:
     frame = b"\x28\xb5\x2f\xfd\xc0\x00" + struct.pack("<Q", 2**40) + b"\x01\x00\x00"
     assert zstandard.frame_content_size(frame) == 2**40
     with pytest.raises(DecodeError, match="declares"):
-        SERIALIZERS["json"].loads(_zstd_envelope(frame))
+        SERIALIZERS["json"].loads(_zstd_envelope(frame), key=K)
 
 
 def test_zstd_frame_without_a_content_size_raises_decode_error() -> None:
     """A zstd frame that does not declare its content size is refused."""
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"[1,2,3]")
     with pytest.raises(DecodeError, match="declares -1"):
-        SERIALIZERS["json"].loads(_zstd_envelope(frame))
+        SERIALIZERS["json"].loads(_zstd_envelope(frame), key=K)
 
 
 def test_zstd_payload_with_trailing_bytes_raises_decode_error() -> None:
     """Bytes after the single zstd frame make the entry a DecodeError."""
     frame = zstandard.ZstdCompressor().compress(b"[1,2,3]")
-    assert SERIALIZERS["json"].loads(_zstd_envelope(frame)).value == [1, 2, 3]
+    assert SERIALIZERS["json"].loads(_zstd_envelope(frame), key=K).value == [1, 2, 3]
     with pytest.raises(DecodeError):
-        SERIALIZERS["json"].loads(_zstd_envelope(frame + b"junk"))
+        SERIALIZERS["json"].loads(_zstd_envelope(frame + b"junk"), key=K)
     with pytest.raises(DecodeError):
-        SERIALIZERS["json"].loads(_zstd_envelope(frame + frame))
+        SERIALIZERS["json"].loads(_zstd_envelope(frame + frame), key=K)
 
 
 # -- signing and pickle -----------------------------------------------------------------
@@ -886,7 +889,7 @@ def test_signed_pickle_round_trips_an_arbitrary_object() -> None:
     raw = dumps(ser, Opaque2([1, (2, 3)]))
     assert raw[3] == 3
     assert raw[4] & FLAG_SIGNED
-    assert ser.loads(raw).value == Opaque2([1, (2, 3)])
+    assert ser.loads(raw, key=K).value == Opaque2([1, (2, 3)])
 
 
 def test_unsigned_pickle_payload_is_never_unpickled() -> None:
@@ -894,15 +897,18 @@ def test_unsigned_pickle_payload_is_never_unpickled() -> None:
     raw = HEADER.pack(b"cL", 1, 3, 0, 0, 0, 0, 0) + pickle.dumps(Opaque2([1]))
     for ser in [SERIALIZERS["json"], Serializer("pickle", signing_key=KEY_NEW)]:
         with pytest.raises(DecodeError):
-            ser.loads(raw)
+            ser.loads(raw, key=K)
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_signature_is_hmac_sha256_of_header_and_payload(codec: str) -> None:
-    """The last 32 bytes are HMAC-SHA256, with the first key, over every byte before them."""
+def test_signature_is_hmac_sha256_of_key_header_and_payload(codec: str) -> None:
+    """The last 32 bytes are HMAC-SHA256, with the first key, of the store key (uint32
+    length, UTF-8) and every byte before them; a signed envelope is version 2."""
     raw = dumps(Serializer(codec, signing_key=[KEY_NEW, KEY_OLD]), {"a": (1,)})
     body, mac = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
-    assert mac == hmac.new(KEY_NEW, body, hashlib.sha256).digest()
+    bound = len(K).to_bytes(4, "big") + K.encode()
+    assert mac == hmac.new(KEY_NEW, bound + body, hashlib.sha256).digest()
+    assert raw[2] == 2
     assert body[HEADER_SIZE:] == dumps(Serializer(codec), {"a": (1,)})[HEADER_SIZE:]
 
 
@@ -911,7 +917,7 @@ def test_unsigned_entry_read_with_a_key_raises_decode_error(codec: str) -> None:
     """A reader that has a signing key refuses entries without a signature."""
     raw = dumps(Serializer(codec), [1])
     with pytest.raises(DecodeError, match="unsigned"):
-        Serializer(codec, signing_key=KEY_NEW).loads(raw)
+        Serializer(codec, signing_key=KEY_NEW).loads(raw, key=K)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -919,26 +925,26 @@ def test_signed_entry_read_without_a_key_raises_decode_error(codec: str) -> None
     """A reader without a signing key refuses signed entries."""
     raw = dumps(Serializer(codec, signing_key=KEY_NEW), [1])
     with pytest.raises(DecodeError, match="signed"):
-        Serializer(codec).loads(raw)
+        Serializer(codec).loads(raw, key=K)
 
 
 def test_key_rotation_reads_entries_signed_with_the_old_key() -> None:
     """signing_key=[new, old] reads old-key entries and signs new ones with the new key."""
     old_writer = Serializer("json", signing_key=KEY_OLD)
     rotated = Serializer("json", signing_key=[KEY_NEW, KEY_OLD])
-    assert rotated.loads(dumps(old_writer, ("old",))).value == ("old",)
+    assert rotated.loads(dumps(old_writer, ("old",)), key=K).value == ("old",)
     fresh = dumps(rotated, ("new",))
-    assert Serializer("json", signing_key=KEY_NEW).loads(fresh).value == ("new",)
+    assert Serializer("json", signing_key=KEY_NEW).loads(fresh, key=K).value == ("new",)
     with pytest.raises(DecodeError, match="does not verify"):
-        old_writer.loads(fresh)
+        old_writer.loads(fresh, key=K)
     with pytest.raises(DecodeError, match="does not verify"):
-        Serializer("json", signing_key=KEY_NEW).loads(dumps(old_writer, 1))
+        Serializer("json", signing_key=KEY_NEW).loads(dumps(old_writer, 1), key=K)
 
 
 def test_str_signing_key_signs_like_its_utf8_bytes() -> None:
     """A str key is the same key as its UTF-8 encoding."""
     raw = dumps(Serializer("json", signing_key=KEY_NEW.decode()), [1])
-    assert Serializer("json", signing_key=KEY_NEW).loads(raw).value == [1]
+    assert Serializer("json", signing_key=KEY_NEW).loads(raw, key=K).value == [1]
 
 
 @pytest.mark.parametrize(
@@ -997,7 +1003,7 @@ def test_header_fields_round_trip(
     raw = SERIALIZERS[codec].dumps(
         None, written_ms=written, fresh_until_ms=fresh, duration_ms=duration, negative=negative
     )
-    entry = SERIALIZERS[codec].loads(raw)
+    entry = SERIALIZERS[codec].loads(raw, key=K)
     assert entry.written_ms == written
     assert entry.fresh_until_ms == fresh
     assert entry.duration_ms == min(max(duration, 0), 2**32 - 1)
@@ -1026,10 +1032,10 @@ def test_worked_examples_match_the_spec() -> None:
         ),
         (
             Serializer("json", signing_key=b"0123456789abcdef").dumps(
-                [1], written_ms=w, fresh_until_ms=0
+                [1], written_ms=w, fresh_until_ms=0, key="shop:v1:user:42"
             ),
-            "634c 0101 02 00 00000000 0000018bcfe56800 0000000000000000 5b315d"
-            "b30db323ab57394a6c6004b6868469fb621eb9a521e6dc5110e9523736925c1d",
+            "634c 0201 02 00 00000000 0000018bcfe56800 0000000000000000 5b315d"
+            "510a8ce00cd2bc3266aa45f96695061ae92eaff9d1947f20de8606ee2371d22b",
         ),
         (
             Serializer("json").dumps(
@@ -1044,8 +1050,8 @@ def test_worked_examples_match_the_spec() -> None:
     ]
     for raw, spec in examples:
         assert raw.hex() == spec.replace(" ", "")
-    assert_same(Serializer("msgpack").loads(examples[1][0]).value, value)
-    entry = Serializer("json").loads(examples[3][0])
+    assert_same(Serializer("msgpack").loads(examples[1][0], key=K).value, value)
+    entry = Serializer("json").loads(examples[3][0], key=K)
     assert entry.value == "hi"
     assert entry.tags == [("{shop:v1:tags}:user:42", bytes.fromhex("8f3a01c2d4e5f607"))]
 
@@ -1075,3 +1081,87 @@ def test_cache_register_type_covers_subclasses() -> None:
     assert type(got) is Square
     assert got.size == 3
     cache.close()
+
+
+# -- hostile entries: limits, key binding, versions --------------------------------------
+
+
+@pytest.mark.parametrize("declared", [9 * 2**20, 2**20 + 1])
+def test_zstd_frame_declaring_more_than_max_value_size_is_refused(declared: int) -> None:
+    """A frame declaring more than max_value_size is refused before decompressing."""
+    frame = b"\x28\xb5\x2f\xfd\xc0\x00" + struct.pack("<Q", declared) + b"\x01\x00\x00"
+    with pytest.raises(DecodeError, match="max_value_size"):
+        Serializer("json", max_value_size=2**20).loads(_zstd_envelope(frame), key=K)
+
+
+def test_zstd_frame_holding_more_than_it_declares_is_refused() -> None:
+    """A frame whose content outgrows its declared size fails when the buffer is full."""
+    frame = bytearray(zstandard.ZstdCompressor().compress(b"[" + b"1," * 5000 + b"1]"))
+    declared = zstandard.frame_content_size(bytes(frame))
+    frame[5:7] = (100).to_bytes(2, "little")  # 2-byte FCS field holds size - 256
+    assert zstandard.frame_content_size(bytes(frame)) == 356 != declared
+    with pytest.raises(DecodeError):
+        SERIALIZERS["json"].loads(_zstd_envelope(bytes(frame)), key=K)
+
+
+@pytest.mark.parametrize("head", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff"])
+def test_msgpack_lengths_longer_than_the_payload_are_refused(head: bytes) -> None:
+    """A msgpack array, map or str whose length exceeds the payload is a DecodeError."""
+    raw = HEADER.pack(b"cL", 1, 2, 0, 0, 0, 0, 0) + head + b"\xff\xff\xff" + b"\xc0" * 8
+    with pytest.raises(DecodeError):
+        SERIALIZERS["msgpack"].loads(raw, key=K)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_signed_entry_verifies_only_under_its_key(codec: str) -> None:
+    """The MAC covers the store key: the same bytes under another key do not verify."""
+    ser = Serializer(codec, signing_key=KEY_NEW)
+    raw = dumps(ser, ["admin", "billing"], key="ns:v1:user:1:permissions")
+    assert ser.loads(raw, key="ns:v1:user:1:permissions").value == ["admin", "billing"]
+    for other in ["ns:v1:user:2:permissions", "ns:v2:user:1:permissions", "", K]:
+        with pytest.raises(DecodeError, match="does not verify"):
+            ser.loads(raw, key=other)
+
+
+def test_signing_serializer_needs_the_store_key() -> None:
+    """A signing Serializer called without a key raises TypeError (a bug, not a miss)."""
+    ser = Serializer("json", signing_key=KEY_NEW)
+    with pytest.raises(TypeError, match="store key"):
+        ser.dumps(1, written_ms=0, fresh_until_ms=0)
+    raw = dumps(ser, 1)
+    with pytest.raises(TypeError, match="store key"):
+        ser.loads(raw)
+
+
+def test_version_1_signed_entry_is_refused() -> None:
+    """A signed entry of version 1 (MAC without the key, still valid) is a DecodeError."""
+    body = HEADER.pack(b"cL", 1, 1, FLAG_SIGNED, 0, 0, 0, 0) + b"[1]"
+    raw = body + hmac.new(KEY_NEW, body, hashlib.sha256).digest()
+    with pytest.raises(DecodeError, match="version 1"):
+        Serializer("json", signing_key=KEY_NEW).loads(raw, key=K)
+
+
+def test_unsigned_entries_stay_version_1_and_any_key_reads_them() -> None:
+    """Unsigned entries keep version 1 (old readers read them) and bind no key."""
+    raw = dumps(SERIALIZERS["json"], [1])
+    assert raw[2] == 1
+    assert SERIALIZERS["json"].loads(raw, key="anything").value == [1]
+    with pytest.raises(DecodeError, match="version 2"):
+        SERIALIZERS["json"].loads(raw[:2] + b"\x02" + raw[3:], key=K)
+
+
+def test_worked_signed_example_binds_its_key() -> None:
+    """The signed worked example verifies at shop:v1:user:42 and not at user:43."""
+    ser = Serializer("json", signing_key=b"0123456789abcdef")
+    raw = ser.dumps([1], written_ms=1_700_000_000_000, fresh_until_ms=0, key="shop:v1:user:42")
+    assert ser.loads(raw, key="shop:v1:user:42").value == [1]
+    with pytest.raises(DecodeError):
+        ser.loads(raw, key="shop:v1:user:43")
+
+
+def test_json_serializer_with_a_key_never_unpickles() -> None:
+    """A verified pickle entry is still a DecodeError for a JSON or msgpack Serializer."""
+    raw = dumps(Serializer("pickle", signing_key=KEY_NEW), Opaque2([1]))
+    for codec in CODECS:
+        with pytest.raises(DecodeError, match="codec id 3"):
+            Serializer(codec, signing_key=KEY_NEW).loads(raw, key=K)

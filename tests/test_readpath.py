@@ -109,8 +109,9 @@ def entry(
     *,
     duration_ms: int = 0,
     tags: list[tuple[str, bytes]] | None = None,
+    key: str = KEY,
 ) -> bytes:
-    return engine.encode(value, seconds, duration_ms, tags=tags or [])
+    return engine.encode(value, seconds, duration_ms, tags=tags or [], key=key)
 
 
 def test_fresh_hit_is_one_get(engine: Engine) -> None:
@@ -154,7 +155,7 @@ def test_stale_entry_served_while_refreshing(engine: Engine, clock: FakeClock) -
 def test_cached_error_raises_without_load(engine: Engine) -> None:
     """A fresh negative entry of a configured type raises that error; nothing loads."""
     errors = ErrorPolicy({NotFound: 30})
-    raw = engine.encode_error(NotFound, NotFound("user 7"), 30)
+    raw = engine.encode_error(NotFound, NotFound("user 7"), 30, key=KEY)
     s = Script(read_through(engine, KEY, ReadOptions(60, errors)))
     with pytest.raises(NotFound, match="user 7"):
         s.send(raw)
@@ -184,7 +185,7 @@ def test_miss_leases_loads_fills_and_publishes(engine: Engine) -> None:
     assert fill.lease == LEASE
     assert fill.token == token
     assert fill.ttl == 60
-    assert engine.decode(fill.value).value == "loaded"  # type: ignore[union-attr]
+    assert engine.decode(fill.value, key=KEY).value == "loaded"  # type: ignore[union-attr]
     s.send(True)
     s.expect(Publish, raw=fill.value, trusted=True)
     s.send(None)
@@ -317,7 +318,7 @@ def test_cached_loader_error_fills_a_negative_entry(engine: Engine) -> None:
     assert isinstance(fill, Fill)
     assert fill.token == token
     assert fill.ttl == 30
-    stored = engine.decode(fill.value)
+    stored = engine.decode(fill.value, key=KEY)
     assert stored is not None
     assert stored.negative
     s.send(True)
@@ -392,7 +393,7 @@ def test_tagged_miss_stamps_the_tokens_read_with_the_value(engine: Engine) -> No
     s.send(True)
     fill = s.send("v")
     assert isinstance(fill, Fill)
-    stored = engine.decode(fill.value)
+    stored = engine.decode(fill.value, key=KEY)
     assert stored is not None
     assert stored.tags == [(TAG, b"tok1")]
 
@@ -422,7 +423,7 @@ def test_tagged_waiter_loads_under_the_tokens_it_read_last(engine: Engine) -> No
     s.send(True)
     fill = s.send("v")
     assert isinstance(fill, Fill)
-    stored = engine.decode(fill.value)
+    stored = engine.decode(fill.value, key=KEY)
     assert stored is not None
     assert stored.tags == [(TAG, b"tok2")]
 
@@ -436,7 +437,7 @@ def test_fresh_from_the_loader_sets_ttl_and_caps_the_stale_window(engine: Engine
     fill = s.send(Fresh({"page": 1}, ttl=5, stale_ttl=100))
     assert isinstance(fill, Fill)
     assert fill.ttl == pytest.approx(15)
-    stored = engine.decode(fill.value)
+    stored = engine.decode(fill.value, key=KEY)
     assert stored is not None
     assert stored.value == {"page": 1}
     assert stored.fresh_until_ms - stored.written_ms == 5000

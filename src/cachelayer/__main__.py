@@ -61,8 +61,7 @@ def _run_operation(args: argparse.Namespace) -> int:
     missing = [name for name in ("redis", "rich") if find_spec(name) is None]
     if missing:
         print(
-            f"cachelayer {args.command} needs {', '.join(missing)}: "
-            'pip install "cachelayer[cli]"',
+            f'cachelayer {args.command} needs {", ".join(missing)}: pip install "cachelayer[cli]"',
             file=sys.stderr,
         )
         return 2

@@ -43,6 +43,65 @@ FLAG_TAGGED = 0x08
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
+#: Distinct decoded values that may share one hash before a payload is refused. A set or
+#: dict whose keys share a hash costs one comparison per key already in it, for each key
+#: inserted; the hashes of ints (and so of UUIDs, Decimals, tuples and frozensets of them)
+#: are easy to make collide, so a forged set or map of n such keys would take n**2 / 2
+#: comparisons to build: minutes for a payload of a few MiB. Legitimate values almost
+#: never hold two distinct keys with one hash (``-1`` and ``-2`` do).
+MAX_SAME_HASH = 64
+_NOTHING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # a user type's __eq__: treat as distinct
+        return False
+
+
+class _HashGuard:
+    """Refuses a payload once more than MAX_SAME_HASH distinct values share a hash.
+
+    One guard per decode, fed every decoded value that may become a set element or a
+    dict key; equal values (duplicates) are free. Costs one hash per value checked and
+    at most MAX_SAME_HASH comparisons, so a forged payload is refused in linear time.
+    """
+
+    __slots__ = ("_more", "_seen")
+
+    def __init__(self) -> None:
+        self._seen: dict[int, Any] = {}
+        self._more: dict[int, list[Any]] = {}
+
+    def check(self, value: Any) -> None:
+        t = type(value)
+        if t is str or t is bytes or value is None or t is bool:
+            return  # str and bytes hashes are salted per process; None, bool: one value
+        if t is int and _I64_MIN <= value < 2**64:
+            return  # at most 13 of these share a hash (hash(n) is n mod 2**61-1)
+        try:
+            h = hash(value)
+        except Exception:  # unhashable: it can be neither a key nor a set element
+            return
+        first = self._seen.get(h, _NOTHING)
+        if first is _NOTHING:
+            self._seen[h] = value
+            return
+        if _same(first, value):
+            return
+        more = self._more.setdefault(h, [])
+        if any(_same(other, value) for other in more):
+            return
+        if len(more) + 1 >= MAX_SAME_HASH:
+            raise ValueError(f"more than {MAX_SAME_HASH} distinct values share one hash")
+        more.append(value)
+
+    def all(self, values: list[Any]) -> list[Any]:
+        for value in values:
+            self.check(value)
+        return values
+
 
 class Codec(Protocol):
     """Turns values into payload bytes and back, exactly."""
@@ -305,6 +364,7 @@ class JsonCodec:
             return tree
         tag_key = self.TAG
         registry = self._registry
+        guard = _HashGuard()
 
         def back(v: Any) -> Any:
             t = type(v)
@@ -316,13 +376,15 @@ class JsonCodec:
                 return {k: back(x) for k, x in v.items()}
             tag, data = v[tag_key][0], v[tag_key][1:]
             if tag == "map":
-                return {back(k): back(x) for k, x in data[0]}
+                pairs = [(back(k), back(x)) for k, x in data[0]]
+                guard.all([k for k, _ in pairs])
+                return dict(pairs)
             if tag == "tuple":
                 return tuple(back(x) for x in data[0])
             if tag == "set":
-                return {back(x) for x in data[0]}
+                return set(guard.all([back(x) for x in data[0]]))
             if tag == "frozenset":
-                return frozenset(back(x) for x in data[0])
+                return frozenset(guard.all([back(x) for x in data[0]]))
             if tag == "bytes":
                 return base64.b64decode(data[0], validate=True)
             if tag == "int":
@@ -361,13 +423,9 @@ class MsgpackCodec:
         self._ext = msgpack.ExtType
         # per nesting depth, the callbacks that handle the next level (made once, not per call)
         self._defaults = [self._default_at(d + 1) for d in range(MAX_EXT_DEPTH + 1)]
-        self._hooks = [self._hook_at(d + 1) for d in range(MAX_EXT_DEPTH + 1)]
 
     def _default_at(self, depth: int) -> Callable[[Any], Any]:
         return lambda v: self._default(v, depth)
-
-    def _hook_at(self, depth: int) -> Callable[[int, bytes], Any]:
-        return lambda code, data: self._ext_hook(code, data, depth)
 
     def _pack(self, value: Any, depth: int = 0) -> bytes:
         if depth > MAX_EXT_DEPTH:
@@ -402,7 +460,7 @@ class MsgpackCodec:
             return ext(_EXT_USER, self._pack([reg.name, reg.dump(v)], depth))
         raise _unsupported(v)
 
-    def _unpack(self, data: bytes, depth: int = 0) -> Any:
+    def _unpack(self, data: bytes, run: _Unpacking, depth: int = 0) -> Any:
         # Extension payloads are unpacked from inside ext_hook, one nested call per level.
         # unpackb() keeps its whole parse stack (~40 KiB) on the C stack: a dozen nested
         # tuples overflowed a 512 KiB thread stack and crashed the process. So only the
@@ -410,17 +468,34 @@ class MsgpackCodec:
         # on the heap, and MAX_EXT_DEPTH bounds the nesting.
         if depth > MAX_EXT_DEPTH:
             raise ValueError(f"msgpack extensions nested more than {MAX_EXT_DEPTH} deep")
-        hook = self._hooks[depth]
+        hook = run.hook(depth + 1)
+        # No length in the data can exceed the data itself (every item takes >= 1 byte):
+        # a forged length fails at once instead of sizing an allocation.
+        n = len(data) or 1
         if depth <= _UNPACKB_MAX_DEPTH:
             return self._msgpack.unpackb(
-                data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True
+                data,
+                ext_hook=hook,
+                raw=False,
+                strict_map_key=False,
+                use_list=True,
+                max_str_len=n,
+                max_bin_len=n,
+                max_array_len=n,
+                max_map_len=n,
+                max_ext_len=n,
             )
         unpacker = self._msgpack.Unpacker(
             ext_hook=hook,
             raw=False,
             strict_map_key=False,
             use_list=True,
-            max_buffer_size=max(len(data), 1),
+            max_buffer_size=n,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=n,
         )
         unpacker.feed(data)
         value = unpacker.unpack()
@@ -428,29 +503,56 @@ class MsgpackCodec:
             raise ValueError("bytes left over after the msgpack value")
         return value
 
-    def _ext_hook(self, code: int, data: bytes, depth: int) -> Any:
+    def _ext_hook(self, code: int, data: bytes, run: _Unpacking, depth: int) -> Any:
+        # Every value an extension stands for may be a map key, which msgpack inserts
+        # itself: the guard sees each one before msgpack can hash it into a dict.
+        value: Any
         if code == _EXT_TUPLE:
-            return tuple(self._unpack(data, depth))
-        if code == _EXT_SET:
-            return set(self._unpack(data, depth))
-        if code == _EXT_FROZENSET:
-            return frozenset(self._unpack(data, depth))
-        if code == _EXT_BIGINT:
-            return int(data.decode("ascii"))
-        if code == _EXT_ATOM:
-            tag, payload = self._unpack(data, depth)
-            return _ATOM_LOAD[tag](payload)
-        if code == _EXT_USER:
-            name, payload = self._unpack(data, depth)
-            return self._registry.lookup_name(name).load(payload)
-        raise ValueError(f"unknown msgpack extension code {code}")
+            value = tuple(self._unpack(data, run, depth))
+        elif code == _EXT_SET:
+            value = set(self._unpack(data, run, depth))
+        elif code == _EXT_FROZENSET:
+            value = frozenset(self._unpack(data, run, depth))
+        elif code == _EXT_BIGINT:
+            value = int(data.decode("ascii"))
+        elif code == _EXT_ATOM:
+            tag, payload = self._unpack(data, run, depth)
+            value = _ATOM_LOAD[tag](payload)
+        elif code == _EXT_USER:
+            name, payload = self._unpack(data, run, depth)
+            value = self._registry.lookup_name(name).load(payload)
+        else:
+            raise ValueError(f"unknown msgpack extension code {code}")
+        run.guard.check(value)
+        return value
 
     def encode(self, value: Any) -> tuple[bytes, int]:
         _refuse_bytes_like(value)
         return self._pack(value), 0
 
     def decode(self, payload: bytes, flags: int) -> Any:
-        return self._unpack(payload)
+        return self._unpack(payload, _Unpacking(self))
+
+
+class _Unpacking:
+    """The state of one msgpack decode: its hash guard, and its ext hook per depth (made
+    once per decode and depth, not per extension value)."""
+
+    __slots__ = ("_codec", "_hooks", "guard")
+
+    def __init__(self, codec: MsgpackCodec) -> None:
+        self._codec = codec
+        self._hooks: list[Callable[[int, bytes], Any]] = []
+        self.guard = _HashGuard()
+
+    def hook(self, depth: int) -> Callable[[int, bytes], Any]:
+        while len(self._hooks) < depth:
+            self._hooks.append(self._hook_at(len(self._hooks) + 1))
+        return self._hooks[depth - 1]
+
+    def _hook_at(self, depth: int) -> Callable[[int, bytes], Any]:
+        ext_hook = self._codec._ext_hook  # noqa: SLF001 - the codec's own helper
+        return lambda code, data: ext_hook(code, data, self, depth)
 
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)

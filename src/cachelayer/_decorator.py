@@ -217,7 +217,7 @@ def make_cached(
                     return await adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
                 raw = await aget(key)
-                entry, state = first_look(engine, raw, None, options)
+                entry, state = first_look(engine, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value
@@ -232,7 +232,7 @@ def make_cached(
                     return drive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
                 raw = get(key)
-                entry, state = first_look(engine, raw, None, options)
+                entry, state = first_look(engine, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value

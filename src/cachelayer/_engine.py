@@ -100,11 +100,15 @@ class Engine:
         duration_ms: int = 0,
         negative: bool = False,
         tags: Sequence[tuple[str, bytes]] = (),
+        *,
+        key: str,
     ) -> bytes:
-        """An entry's bytes: ``value`` fresh for ``seconds`` from now (None: forever).
+        """An entry's bytes for the store key ``key``: ``value`` fresh for ``seconds`` from
+        now (None: forever). A signed entry verifies only when read under ``key``.
 
         Raises:
             TypeError: the value holds a type the codec cannot store exactly.
+            ValueError: the encoded value is larger than ``max_value_size``.
         """
         now = self.now_ms()
         fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
@@ -115,6 +119,7 @@ class Engine:
             duration_ms=duration_ms,
             negative=negative,
             tags=tags,
+            key=key,
         )
 
     def encode_error(
@@ -123,19 +128,25 @@ class Engine:
         exc: BaseException,
         seconds: float | None,
         tags: Sequence[tuple[str, bytes]] = (),
+        *,
+        key: str,
     ) -> bytes:
-        """A negative entry standing for ``exc`` (cached as ``exc_type``)."""
+        """A negative entry standing for ``exc`` (cached as ``exc_type``) at ``key``."""
         stored = {"error": ErrorPolicy.name(exc_type), "args": list(exc.args)}
         try:
-            return self.encode(stored, seconds, negative=True, tags=tags)
-        except TypeError:  # args the codec cannot store: keep the type, drop the args
+            return self.encode(stored, seconds, negative=True, tags=tags, key=key)
+        except (TypeError, ValueError):  # args the codec cannot store: keep only the type
             stored["args"] = []
-            return self.encode(stored, seconds, negative=True, tags=tags)
+            return self.encode(stored, seconds, negative=True, tags=tags, key=key)
 
-    def decode(self, raw: bytes) -> Entry | None:
-        """The entry ``raw`` holds, or None (counted and logged) when it does not decode."""
+    def decode(self, raw: bytes, *, key: str) -> Entry | None:
+        """The entry ``raw`` holds, read from the store key ``key``, or None (counted and
+        logged) when it does not decode, or is a negative entry of the wrong shape."""
         try:
-            return self.serializer.loads(raw)
+            entry = self.serializer.loads(raw, key=key)
+            if entry.negative and not ErrorPolicy.well_formed(entry.value):
+                raise DecodeError("negative entry is not {'error': str, 'args': list}")
+            return entry
         except DecodeError as exc:
             self.stats.decode_errors += 1
             self._log.log(
@@ -145,6 +156,16 @@ class Engine:
                 exc,
             )
             return None
+
+    def log_oversized(self) -> None:
+        """Log a loaded value too large to store (rate-limited; no key, no value)."""
+        self._log.log(
+            logging.WARNING,
+            "oversized",
+            "cachelayer: a loaded value is over max_value_size=%d bytes encoded; it was "
+            "returned but not stored",
+            self.serializer.max_value_size,
+        )
 
     def log_refresh_error(self, exc: BaseException) -> None:
         """Log a failed background refresh (rate-limited; no key, no value)."""

@@ -51,11 +51,23 @@ class ErrorPolicy:
                 return exc_type
         return None
 
+    @staticmethod
+    def well_formed(stored: Any) -> bool:
+        """Whether ``stored`` has the shape of a negative entry's value:
+        ``{"error": str, "args": list}`` and nothing else."""
+        return (
+            type(stored) is dict
+            and len(stored) == 2
+            and type(stored.get("error")) is str
+            and type(stored.get("args")) is list
+        )
+
     def rebuild(self, stored: Any) -> BaseException | None:
-        """The exception a negative entry stands for, or None if it is not one of ours."""
-        if not (isinstance(stored, dict) and isinstance(stored.get("args"), list)):
+        """The exception a negative entry stands for, or None if it is not one of ours
+        (another type, or not a negative entry's shape: stored bytes decide nothing)."""
+        if not self.well_formed(stored):
             return None
-        exc_type = self._by_name.get(stored.get("error"))  # type: ignore[arg-type]
+        exc_type = self._by_name.get(stored["error"])
         if exc_type is None:
             return None
         try:

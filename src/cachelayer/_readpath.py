@@ -49,6 +49,7 @@ from ._steps import (
     Step,
     delays,
 )
+from .errors import ValueTooLarge
 
 __all__ = [
     "DEAD",
@@ -169,10 +170,14 @@ def _cached_error(entry: Entry, options: ReadOptions) -> BaseException | None:
 
 
 def _usable(
-    engine: Engine, raw: bytes, tokens: Mapping[str, bytes] | None, options: ReadOptions
+    engine: Engine,
+    key: str,
+    raw: bytes,
+    tokens: Mapping[str, bytes] | None,
+    options: ReadOptions,
 ) -> Entry | None:
     """A fresh entry whose tags hold and that this reader can answer with, or None."""
-    entry = engine.decode(raw)
+    entry = engine.decode(raw, key=key)
     if entry is None or not _tags_hold(entry, tokens):
         return None
     if classify(entry, engine.now_ms(), options, 0.0) != FRESH:
@@ -194,7 +199,12 @@ def _serve(engine: Engine, entry: Entry, options: ReadOptions) -> Generator[Step
 
 
 def first_look(
-    engine: Engine, raw: Any, tokens: Mapping[str, bytes] | None, options: ReadOptions
+    engine: Engine,
+    raw: Any,
+    tokens: Mapping[str, bytes] | None,
+    options: ReadOptions,
+    *,
+    key: str,
 ) -> tuple[Entry | None, int]:
     """Decode what the first read found and classify it (pure: no I/O).
 
@@ -203,7 +213,7 @@ def first_look(
     """
     if raw is None or raw is FAILED:
         return None, DEAD
-    entry = engine.decode(raw)
+    entry = engine.decode(raw, key=key)
     if entry is None or not _tags_hold(entry, tokens):
         return None, DEAD
     return entry, classify(entry, engine.now_ms(), options, engine.random())
@@ -232,7 +242,7 @@ def read_through(
     tokens: dict[str, bytes] | None = None
     if first is None:
         raw, tokens = yield from _fetch(key, tag_keys)
-        entry, state = first_look(engine, raw, tokens, options)
+        entry, state = first_look(engine, raw, tokens, options, key=key)
     else:
         raw, entry, state = first
     stale: Entry | None = None
@@ -281,7 +291,7 @@ def _join_flight(
         raise flight.error
     # A value, or a cached error (negative entry), checked alike: not shared if one of
     # its tags was invalidated after the leader read the tokens and before we did.
-    entry = engine.decode(flight.raw)
+    entry = engine.decode(flight.raw, key=key)
     if entry is None or not _tags_hold(entry, tokens):
         return None
     if not entry.negative:
@@ -313,7 +323,7 @@ def _claim(
         # One atomic step: a value filled since our miss is returned, else the lease.
         got = yield Lease(key, lease, token, engine.lease_ttl)
         if isinstance(got, bytes):
-            entry = _usable(engine, got, None, options)
+            entry = _usable(engine, key, got, None, options)
             if entry is not None:
                 return (yield from _serve(engine, entry, options))
             got = None
@@ -353,7 +363,7 @@ def _wait_untagged(
         if got is FAILED:
             break
         if isinstance(got, bytes):
-            entry = _usable(engine, got, None, options)
+            entry = _usable(engine, key, got, None, options)
             if entry is not None:
                 return (yield from _serve(engine, entry, options))
     else:
@@ -382,7 +392,7 @@ def _wait_tagged(
         raw, now_tokens = yield from _fetch(key, tag_keys)
         if raw is FAILED:
             break
-        entry = _usable(engine, raw, now_tokens, options) if raw is not None else None
+        entry = _usable(engine, key, raw, now_tokens, options) if raw is not None else None
         if entry is not None:
             return (yield from _serve(engine, entry, options))
         mine = os.urandom(16)
@@ -423,7 +433,9 @@ def _load_and_fill(
                 assert errors is not None
                 seconds = engine.ttl.resolve(errors.ttls[exc_type])
                 # A cached error carries the tags too: invalidating them drops it.
-                payload = engine.encode_error(exc_type, exc, seconds, _stamp(claim.tokens))
+                payload = engine.encode_error(
+                    exc_type, exc, seconds, _stamp(claim.tokens), key=key
+                )
                 filled = yield Fill(key, payload, seconds, lease, token)
                 # Followers take it as they take a value: only if the fill was accepted
                 # and no tag of theirs moved since (a write may have created the row).
@@ -432,7 +444,14 @@ def _load_and_fill(
     duration_ms = int((time.perf_counter() - started) * 1000)
     value, seconds, keep = _freshness(engine, value, options)
     try:
-        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(claim.tokens))
+        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(claim.tokens), key=key)
+    except ValueTooLarge:
+        # Too large to store: the caller still gets its value (followers load their own).
+        stats.oversized += 1
+        engine.log_oversized()
+        if token is not None:
+            yield Delete([lease])
+        return value
     except Exception:  # TypeError mostly; ValueError, RecursionError for odd values
         if token is not None:
             yield Delete([lease])
@@ -487,7 +506,7 @@ def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[s
         value = yield LOAD
         duration_ms = int((time.perf_counter() - started) * 1000)
         value, seconds, keep = _freshness(engine, value, options)
-        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(tokens))
+        payload = engine.encode(value, seconds, duration_ms, tags=_stamp(tokens), key=key)
     except Exception as exc:
         # The lease stays until it expires: a failing loader is retried once per lease_ttl.
         stats.refresh_errors += 1
@@ -513,7 +532,7 @@ def warm(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]
     if raw is FAILED:
         return UNAVAILABLE
     if raw is not None:
-        entry = _usable(engine, raw, tokens, options)
+        entry = _usable(engine, key, raw, tokens, options)
         if entry is not None and not entry.negative:
             return FRESH_HIT
     return (yield from refresh(engine, key, options, tag_keys))
@@ -533,8 +552,8 @@ def plain_get(engine: Engine, keys: Sequence[str]) -> Flow:
         return [FAILED] * len(keys)
     now = engine.now_ms()
     entries: list[Entry | None] = []
-    for raw in raws:
-        entry = engine.decode(raw) if raw is not None else None
+    for key, raw in zip(keys, raws, strict=True):
+        entry = engine.decode(raw, key=key) if raw is not None else None
         live = (
             entry is not None
             and not entry.negative

@@ -33,6 +33,7 @@ class Stats:
         "loads",
         "misses",
         "negative_hits",
+        "oversized",
         "refresh_errors",
         "refreshes",
         "sets",
@@ -57,6 +58,7 @@ class Stats:
     loads: int
     misses: int
     negative_hits: int
+    oversized: int
     refresh_errors: int
     refreshes: int
     sets: int

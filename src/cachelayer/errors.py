@@ -9,6 +9,8 @@ The hierarchy::
      │    │                             on_error="raise" (the store's own error is __cause__)
      │    ├── LockError                 a Lock released by an object that does not hold it,
      │    │                             acquired twice, or not obtained in time by ``with``
+     │    ├── ValueTooLarge             (also a ValueError) a value over max_value_size: set()
+     │    │                             raises it; a load returns it unstored, counted
      │    ├── StoreBusy                 raised by a store, never seen by callers: this process
      │    │                             has too many calls in flight; the call was not sent
      │    └── DecodeError               stored bytes are not a valid cachelayer value; never
@@ -29,6 +31,7 @@ __all__ = [
     "LockError",
     "StoreBusy",
     "StoreUnavailable",
+    "ValueTooLarge",
 ]
 
 
@@ -53,6 +56,12 @@ class LockError(CacheError):
     hold it (never acquired, already released, or expired and maybe taken by another
     holder), acquired again while this object holds it, or not obtained within
     ``blocking_timeout`` by ``with`` / ``async with``."""
+
+
+class ValueTooLarge(CacheError, ValueError):
+    """A value encodes to more than the Cache's ``max_value_size``: no reader would accept
+    it. ``set()`` raises it; a load (``get_or_load``, a decorated function) returns its
+    value without storing it, counted as ``oversized`` and logged."""
 
 
 class StoreBusy(CacheError):

@@ -167,14 +167,14 @@ class CacheBackend(BaseCache):
         seconds = float(timeout)
         return None if math.isinf(seconds) and seconds > 0 else seconds
 
-    def _live(self, raw: bytes) -> Entry | None:
+    def _live(self, raw: bytes, full: str) -> Entry | None:
         """The entry ``raw`` holds if it is a fresh value; None if it is expired, a cached
         error or does not decode (all of which a reader sees as a miss).
 
         Tag tokens are not checked: this backend never writes tagged entries.
         """
         engine = self.cache.engine
-        entry = engine.decode(raw)
+        entry = engine.decode(raw, key=full)
         if entry is None or entry.negative:
             return None
         if entry.fresh_until_ms and engine.now_ms() >= entry.fresh_until_ms:
@@ -198,11 +198,11 @@ class CacheBackend(BaseCache):
         full = engine.keys.full(self._key(key, version))
         seconds = self._seconds(timeout)
         if _dont_store(seconds):
-            engine.encode(value, None)  # an unsupported type raises, as on a store
+            engine.encode(value, None, key=full)  # an unsupported type raises, as on a store
             raw = yield Get(full)
-            return raw is None or (raw is not FAILED and self._live(raw) is None)
+            return raw is None or (raw is not FAILED and self._live(raw, full) is None)
         seconds = engine.ttl.resolve(seconds)
-        payload = engine.encode(value, seconds)
+        payload = engine.encode(value, seconds, key=full)
         lease = lease_key(full)  # voided: a fill that started before the add must not land
         expected: bytes | None = None
         for _ in range(MAX_SWAPS):
@@ -210,7 +210,7 @@ class CacheBackend(BaseCache):
             if done is not False:
                 return done is True  # stored, or the store failed (not stored)
             raw = yield Get(full)
-            if raw is FAILED or (raw is not None and self._live(raw) is not None):
+            if raw is FAILED or (raw is not None and self._live(raw, full) is not None):
                 return False
             expected = raw
         return False
@@ -226,17 +226,19 @@ class CacheBackend(BaseCache):
         seconds = self._seconds(timeout)
         if _dont_store(seconds):
             raw = yield Get(full)
-            if raw is None or raw is FAILED or self._live(raw) is None:
+            if raw is None or raw is FAILED or self._live(raw, full) is None:
                 return False
             yield engine.delete_step([full])
             return True
         seconds = engine.ttl.resolve(seconds)
         for _ in range(MAX_SWAPS):
             raw = yield Get(full)
-            entry = None if raw is None or raw is FAILED else self._live(raw)
+            entry = None if raw is None or raw is FAILED else self._live(raw, full)
             if entry is None or (persist and not entry.fresh_until_ms):
                 return False
-            payload = engine.encode(entry.value, seconds, entry.duration_ms, tags=entry.tags)
+            payload = engine.encode(
+                entry.value, seconds, entry.duration_ms, tags=entry.tags, key=full
+            )
             done = yield Swap(full, raw, payload, seconds, None)
             if done is not False:
                 return done is True
@@ -251,7 +253,7 @@ class CacheBackend(BaseCache):
             raw = yield Get(full)
             if raw is FAILED:
                 raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
-            entry = None if raw is None else self._live(raw)
+            entry = None if raw is None else self._live(raw, full)
             if entry is None:
                 raise ValueError(f"Key '{key}' not found")
             if type(entry.value) is not int:
@@ -266,6 +268,7 @@ class CacheBackend(BaseCache):
                 fresh_until_ms=entry.fresh_until_ms,
                 duration_ms=entry.duration_ms,
                 tags=entry.tags,
+                key=full,
             )
             done = yield Swap(full, raw, payload, None, lease, keep_ttl=True)
             if done is True:
@@ -276,9 +279,9 @@ class CacheBackend(BaseCache):
             f"incr(): key '{key}' changed {MAX_SWAPS} times while it was being updated"
         )
 
-    def _pttl(self, raw: Any) -> int | None:
+    def _pttl(self, raw: Any, full: str) -> int | None:
         """Milliseconds the entry ``raw`` has left: 0 when absent, None for no expiry."""
-        entry = None if raw is None or raw is FAILED else self._live(raw)
+        entry = None if raw is None or raw is FAILED else self._live(raw, full)
         if entry is None:
             return 0
         if not entry.fresh_until_ms:
@@ -316,7 +319,7 @@ class CacheBackend(BaseCache):
         for key, value in data.items():
             full = engine.keys.full(self._key(key, version))
             jittered = engine.ttl.resolve(seconds)
-            items.append((full, engine.encode(value, jittered), jittered))
+            items.append((full, engine.encode(value, jittered, key=full), jittered))
             void.append(lease_key(full))
         engine.stats.sets += len(items)
         return SetMany(items, void)
@@ -503,11 +506,11 @@ class CacheBackend(BaseCache):
     def pttl(self, key: Any, version: int | None = None) -> int | None:
         """``ttl`` in milliseconds."""
         step = Get(self.cache.engine.keys.full(self._key(key, version)))
-        return self._pttl(self.cache.engine.call(step, self._raise))
+        return self._pttl(self.cache.engine.call(step, self._raise), step.key)
 
     async def apttl(self, key: Any, version: int | None = None) -> int | None:
         step = Get(self.cache.engine.keys.full(self._key(key, version)))
-        return self._pttl(await self.cache.engine.acall(step, self._raise))
+        return self._pttl(await self.cache.engine.acall(step, self._raise), step.key)
 
     def expire(self, key: Any, timeout: float | None, version: int | None = None) -> bool:
         """Give a live key a new timeout in seconds (``None``: never expires; <= 0: delete
