@@ -20,7 +20,10 @@ def store_from_url(url: str) -> Store:
     """Build the store a URL names.
 
     ``memory://[?max_entries=N&max_bytes=SIZE]`` is process memory; ``redis://``,
-    ``rediss://``, ``unix://`` and ``valkey://`` are Redis-compatible servers.
+    ``rediss://``, ``unix://`` and ``valkey://`` are Redis-compatible servers;
+    ``redis+cluster://host:port,host:port`` is a Redis Cluster and
+    ``redis+sentinel://host:26379,host:26379/service/db`` a primary found through its
+    sentinels (docs/scaling.md).
 
     Raises:
         ConfigurationError: unknown scheme or option.
@@ -44,6 +47,14 @@ def store_from_url(url: str) -> Store:
                 f"{redact_url(url)!r}: max_entries must be an integer"
             ) from None
         return MemoryStore(max_entries=max_entries, max_bytes=options.get("max_bytes", "64MB"))
+    if scheme.endswith("+cluster"):
+        from .cluster import ClusterStore
+
+        return ClusterStore(url)
+    if scheme.endswith("+sentinel"):
+        from .sentinel import SentinelStore
+
+        return SentinelStore(url)
     from .redis import RedisStore
 
     return RedisStore(url)

@@ -290,6 +290,8 @@ class RedisStore:
             fails open (counted as ``store_busy``, never as a store failure).
         client: an existing ``redis.Redis`` to use instead of building one from ``url``
             (the Cache will not close it). Its retry settings are its own.
+        asynchronous: the asyncio face to hand out instead of one built from ``url``
+            (a store over a ``client`` the URL does not describe, as Sentinel's).
         **options: further redis-py connection options (``max_connections``, ...).
     """
 
@@ -302,6 +304,7 @@ class RedisStore:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         client: redis.Redis | None = None,
+        asynchronous: AsyncStore | None = None,
         **options: Any,
     ) -> None:
         redis_py = _import_redis()
@@ -338,7 +341,9 @@ class RedisStore:
         self._delete_if = self.client.register_script(_DELETE_IF)
         # Built now, so that a URL or option the asyncio face cannot honour (a mistyped
         # ?socket_timout=, say) is refused when the Cache is made, not at its first call.
-        self._async: AsyncRedisStore = AsyncRedisStore(self.url, self._options)
+        self._async: AsyncStore = (
+            asynchronous if asynchronous is not None else AsyncRedisStore(self.url, self._options)
+        )
         #: what this store raises when Redis fails (the runner fails open on these, and
         #: on OSError; anything else is a bug and raises)
         self.failures: tuple[type[BaseException], ...] = (redis_py.RedisError,)

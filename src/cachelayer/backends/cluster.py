@@ -1,0 +1,278 @@
+"""The Redis Cluster store: keys sharded over several primaries, via redis-py's cluster
+clients.
+
+Every operation of the store protocol works on a cluster because cachelayer keeps
+what one step touches in one slot: a key and its lease share a hash tag
+(docs/keys.md), so each script runs on one node. Multi-key calls are split by slot:
+``get_many`` is one ``MGET`` per slot and ``delete`` one ``DEL`` per slot, pipelined per
+node (a tagged read is one ``get_many`` over the value and its tag tokens, which lie in
+different slots); ``set_many`` pipelines its writes per node. ``scan`` and ``clear`` walk
+every primary.
+
+As for the Redis store: short timeouts and no client retries (the Cache's circuit breaker
+decides when to try again), but redis-py follows ``MOVED`` and ``ASK`` redirections and
+refreshes its slot map when a node fails, so a resharding or a replica's promotion costs
+a few failed calls, not a restart. The asyncio face uses redis-py's asyncio cluster
+client, one per event loop; it does not multiplex as the Redis store's face does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from ._multihost import AsyncClientStore, no_retry, parse_hosts_url
+from .base import AsyncStore, Item
+from .redis import (
+    _DELETE_IF,
+    _FILL,
+    _LEASE,
+    _SET_VOID,
+    _SWAP,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SOCKET_TIMEOUT,
+    SCAN_COUNT,
+    _import_redis,
+    _key_str,
+    _lease_result,
+    _ms,
+    _set_args,
+    _swap_args,
+)
+
+if TYPE_CHECKING:
+    import redis.asyncio.cluster
+    import redis.cluster
+
+__all__ = ["AsyncClusterStore", "ClusterStore"]
+
+SCHEMES = ("redis+cluster", "valkey+cluster")
+DEFAULT_PORT = 6379
+
+
+def cluster_failures() -> tuple[type[BaseException], ...]:
+    """What redis-py's cluster clients raise when the cluster fails (some of its cluster
+    errors, a slot no node serves for one, are not ``RedisError``)."""
+    redis_py = _import_redis()
+    from redis.exceptions import RedisClusterException
+
+    return (redis_py.RedisError, RedisClusterException)
+
+
+class ClusterStore:
+    """Sync Redis Cluster store; ``asynchronous()`` gives the asyncio face.
+
+    Args:
+        url: ``redis+cluster://[[user]:password@]host:port,host:port[?options]``: a few
+            nodes of the cluster (the client learns the others). Options:
+            ``socket_timeout``, ``socket_connect_timeout``, ``max_connections`` (per
+            node), ``client_name``, ``protocol``; they override the keywords below.
+        socket_timeout: seconds to wait for a reply before the call fails.
+        connect_timeout: seconds to wait for a connection.
+        client: a ready ``redis.cluster.RedisCluster`` for anything the URL cannot say
+            (TLS, a password provider, ``address_remap``...); the store does not close
+            it. Its retry settings are its own.
+        async_client: with ``client``, builds the asyncio face's
+            ``redis.asyncio.cluster.RedisCluster`` (called once per event loop; the
+            store closes what it returns).
+        **options: further redis-py cluster options (``require_full_coverage``, ...).
+
+    Raises:
+        ConfigurationError: the URL is not a cluster URL, or names a database other than 0.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        client: redis.cluster.RedisCluster | None = None,
+        async_client: Callable[[], redis.asyncio.cluster.RedisCluster] | None = None,
+        **options: Any,
+    ) -> None:
+        self.failures: tuple[type[BaseException], ...] = cluster_failures()
+        self._lock = threading.Lock()
+        # (the client, its scripts); Any: redis-py's cluster client is partly untyped
+        self._built: tuple[Any, _Scripts] | None = None
+        self._owns_client = client is None
+        self._settings: dict[str, Any] = {}
+        self._hosts: list[tuple[str, int]] = []
+        if client is not None:
+            self.url = url or "redis+cluster://(client)"
+            self._built = (client, _Scripts(client))
+        else:
+            if url is None:
+                raise ConfigurationError("ClusterStore needs a redis+cluster:// URL or client=")
+            parsed = parse_hosts_url(url, SCHEMES, DEFAULT_PORT)
+            if parsed.path not in ([], ["0"]):
+                raise ConfigurationError(
+                    f"{parsed.path!r}: a cluster has one database, 0 (leave the path out)"
+                )
+            self.url = url
+            self._hosts = parsed.hosts
+            self._settings = {
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                "username": parsed.username,
+                "password": parsed.password,
+                **options,
+                **parsed.options,
+            }
+        self._async = AsyncClusterStore(self._hosts, self._settings, async_client, client)
+
+    # The cluster client reads the slot map when it is built: built at first use, so a
+    # Cache made while the cluster is down still starts (its calls fail open until then).
+    def _cluster(self) -> tuple[Any, _Scripts]:
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    from redis.cluster import ClusterNode, RedisCluster
+
+                    client = RedisCluster(
+                        startup_nodes=[ClusterNode(h, p) for h, p in self._hosts],  # type: ignore[no-untyped-call]
+                        retry=no_retry(),
+                        **self._settings,
+                    )
+                    self._built = (client, _Scripts(client))
+                built = self._built
+        return built
+
+    @property
+    def client(self) -> redis.cluster.RedisCluster:
+        """The redis-py cluster client (built on first use)."""
+        client: redis.cluster.RedisCluster = self._cluster()[0]
+        return client
+
+    def get(self, key: str) -> bytes | None:
+        value: bytes | None = self._cluster()[0].execute_command("GET", key)
+        return value
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(self._cluster()[0].mget_nonatomic(list(keys)))
+
+    def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
+        client, scripts = self._cluster()
+        if void is None:
+            client.execute_command(*_set_args(key, value, ttl))
+        else:
+            scripts.set_void(keys=[key, void], args=[value, _ms(ttl)])
+
+    def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
+        if not items:
+            return
+        pipe = self._cluster()[0].pipeline()
+        for i, (key, value, ttl) in enumerate(items):
+            if i < len(void):  # EVAL, not EVALSHA: a pipeline cannot load a missing script
+                pipe.execute_command("EVAL", _SET_VOID, 2, key, void[i], value, _ms(ttl))
+            else:
+                pipe.execute_command(*_set_args(key, value, ttl))
+        pipe.execute()
+
+    def delete(self, keys: Sequence[str]) -> int:
+        # One DEL per slot: each slot's keys (a key and its lease) go atomically.
+        return int(self._cluster()[0].delete(*keys)) if keys else 0
+
+    def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        return bool(self._cluster()[0].execute_command(*_set_args(key, value, ttl), "NX"))
+
+    def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
+        scripts = self._cluster()[1]
+        return _lease_result(scripts.lease(keys=[key, lease], args=[token, _ms(ttl)]))
+
+    def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
+        scripts = self._cluster()[1]
+        return bool(scripts.fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
+
+    def swap(
+        self,
+        key: str,
+        expected: bytes | None,
+        value: bytes,
+        ttl: float | None,
+        void: str | None = None,
+        keep_ttl: bool = False,
+    ) -> bool:
+        scripts = self._cluster()[1]
+        return bool(scripts.swap(**_swap_args(key, expected, value, ttl, void, keep_ttl)))
+
+    def delete_if(self, key: str, token: bytes) -> bool:
+        return bool(self._cluster()[1].delete_if(keys=[key], args=[token]))
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        # SCAN on every primary in turn (redis-py's cluster scan_iter).
+        for key in self._cluster()[0].scan_iter(match=pattern, count=SCAN_COUNT):
+            yield _key_str(key)
+
+    def clear(self, prefix: str) -> int:
+        client = self._cluster()[0]
+        count = 0
+        for pattern in (prefix + "*", "{" + prefix + "*"):
+            batch: list[str] = []
+            for key in self.scan(pattern):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    count += int(client.unlink(*batch))  # one UNLINK per slot
+                    batch.clear()
+            if batch:
+                count += int(client.unlink(*batch))
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._built = self._built, None
+        if built is not None and self._owns_client:
+            built[0].close()
+
+    def asynchronous(self) -> AsyncStore:
+        return self._async
+
+
+class _Scripts:
+    """The store's Lua scripts registered on one cluster client (each runs on the node
+    of its keys' slot; a node that lacks one is sent it)."""
+
+    def __init__(self, client: Any) -> None:
+        self.fill = client.register_script(_FILL)
+        self.lease = client.register_script(_LEASE)
+        self.set_void = client.register_script(_SET_VOID)
+        self.swap = client.register_script(_SWAP)
+        self.delete_if = client.register_script(_DELETE_IF)
+
+
+class AsyncClusterStore(AsyncClientStore):
+    """Asyncio face of :class:`ClusterStore`: a ``redis.asyncio.cluster.RedisCluster``
+    per event loop, built from the same seeds and settings (or by ``async_client``)."""
+
+    def __init__(
+        self,
+        hosts: list[tuple[str, int]],
+        settings: dict[str, Any],
+        async_client: Callable[[], Any] | None = None,
+        sync_client: Any = None,
+    ) -> None:
+        def make_client() -> Any:
+            if async_client is not None:
+                return async_client()
+            if sync_client is not None:
+                raise ConfigurationError(
+                    "ClusterStore(client=...) has no asyncio face of its own: pass "
+                    "async_client=, a function that builds a redis.asyncio.RedisCluster"
+                )
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in hosts],
+                retry=no_retry(),
+                **settings,
+            )
+
+        async def aclose(client: Any) -> None:
+            await client.aclose()
+
+        super().__init__(make_client, aclose, sharded=True, failures=cluster_failures())

@@ -1,0 +1,269 @@
+"""The Redis Sentinel store on real local instances: a primary, its replica, 3 sentinels.
+
+Started once for this module from the redis-server binary the suite finds
+(``find_server_binary``; a sentinel is that binary with ``--sentinel`` and a config file),
+each in a temp dir on a free port, and stopped by their pids at the end. The failover
+test, last in the file, kills the primary: the tests after it (if any ran in the same
+process) find the promoted replica through the sentinels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from redis.sentinel import Sentinel
+
+from cachelayer import Cache
+from cachelayer.backends import Store, store_from_url
+from cachelayer.backends.sentinel import SentinelStore
+from cachelayer.errors import ConfigurationError
+from cachelayer.testing import RedisServer, find_server_binary, free_port
+from cachelayer.testing_contract import StoreContract
+
+from ._cache_e2e import CacheEndToEnd
+
+HOST = "127.0.0.1"
+SERVICE = "mymaster"
+#: The sentinels call the primary down after this long without a reply.
+DOWN_AFTER_MS = 1000
+
+
+class SentinelProcess:
+    """One sentinel (``redis-server <conf> --sentinel``) in a temp dir, stopped by pid."""
+
+    def __init__(self, primary_port: int) -> None:
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="cachelayer-sentinel-")
+        conf = Path(self._dir.name) / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind {HOST}\nprotected-mode no\ndaemonize no\n"
+            f"dir {self._dir.name}\nloglevel warning\n"
+            f"sentinel monitor {SERVICE} {HOST} {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+        )
+        self.process = subprocess.Popen(  # our own binary and arguments
+            [find_server_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._dir.cleanup()
+
+
+@dataclass
+class SentinelGroup:
+    primary: RedisServer
+    replica: RedisServer
+    sentinels: list[SentinelProcess]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def master_address(self) -> tuple[str, int]:
+        """The primary's address as the sentinels report it now."""
+        sentinel = Sentinel([(HOST, s.port) for s in self.sentinels], socket_timeout=1)
+        try:
+            host, port = sentinel.discover_master(SERVICE)
+            return str(host), int(port)
+        finally:
+            for client in sentinel.sentinels:
+                client.close()
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test Sentinel group did not come up: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[SentinelGroup]:
+    """A primary, its replica and 3 sentinels watching them (stopped by pid at the end)."""
+    primary = RedisServer().start()
+    replica = RedisServer(args=("--replicaof", HOST, str(primary.port)))
+    sentinels: list[SentinelProcess] = []
+    try:
+        replica.start()
+        sentinels = [SentinelProcess(primary.port) for _ in range(3)]
+        link = redis.Redis(HOST, replica.port, decode_responses=True)
+        _wait("replica in sync", lambda: link.info("replication")["master_link_status"] == "up")
+        link.close()
+        watchers = [redis.Redis(HOST, s.port, decode_responses=True) for s in sentinels]
+
+        def sentinels_ready() -> bool:
+            states = [w.execute_command("SENTINEL MASTER", SERVICE) for w in watchers]
+            return all(
+                int(s["num-slaves"]) >= 1 and int(s["num-other-sentinels"]) == 2 for s in states
+            )
+
+        _wait("each sentinel sees the replica and the 2 others", sentinels_ready)
+        for watcher in watchers:
+            watcher.close()
+        yield SentinelGroup(primary, replica, sentinels)
+    finally:
+        for sentinel in sentinels:
+            sentinel.stop()
+        replica.close()
+        primary.close()
+
+
+def _store(url: str) -> SentinelStore:
+    # Generous timeouts: these tests pin behaviour, not latency, on a busy machine.
+    return SentinelStore(url, socket_timeout=2.0, connect_timeout=2.0)
+
+
+class TestSentinelStore(StoreContract):
+    """The contract suite on the primary the sentinels name, sync and async faces."""
+
+    @pytest.fixture
+    def store(self, group: SentinelGroup) -> Iterator[Store]:
+        store = _store(group.url)
+        yield store
+        store.close()
+
+
+class TestCacheOnSentinel(CacheEndToEnd):
+    """A Cache end to end through the sentinels."""
+
+    @pytest.fixture
+    def make_store(self, group: SentinelGroup) -> Callable[[], Store]:
+        return lambda: _store(group.url)
+
+
+def test_urls_build_sentinel_stores(group: SentinelGroup) -> None:
+    """redis+sentinel:// URLs build a SentinelStore (via a Cache too); bad ones are refused."""
+    store = store_from_url(group.url)
+    assert isinstance(store, SentinelStore)
+    store.close()
+    cache = Cache(group.url + "?socket_timeout=2", namespace="urls")
+    cache.set("k", 1, ttl=5)
+    assert cache.get("k") == 1
+    cache.clear()
+    cache.close()
+    hosts = group.url.removeprefix("redis+sentinel://").split("/")[0]
+    for bad in (
+        f"redis+sentinel://{hosts}",  # no service
+        f"redis+sentinel://{hosts}/{SERVICE}/x",
+        f"redis+sentinel://{hosts}/{SERVICE}?nope=1",
+    ):
+        with pytest.raises(ConfigurationError):
+            store_from_url(bad)
+
+
+async def test_ready_clients(group: SentinelGroup) -> None:
+    """A ready Sentinel master client (and a builder for the asyncio one)."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    addresses = [(HOST, s.port) for s in group.sentinels]
+    sentinel = Sentinel(addresses, socket_timeout=2)
+    client = sentinel.master_for(SERVICE, socket_timeout=2)
+
+    def async_client() -> redis.asyncio.Redis:
+        return AsyncSentinel(addresses, socket_timeout=2).master_for(SERVICE, socket_timeout=2)
+
+    cache = Cache(SentinelStore(client=client, async_client=async_client), namespace="ready")
+    try:
+        cache.set("k", 1, ttl=5)
+        assert await cache.aget("k") == 1
+        await cache.adelete("k")
+        assert cache.get("k") is None
+    finally:
+        await cache.aclose()
+        client.close()
+        for watcher in sentinel.sentinels:
+            watcher.close()
+
+
+def test_failover_under_load(group: SentinelGroup) -> None:
+    """The primary's process is killed while threads call a cached function: no call
+    raises, and hits resume on the promoted replica (figures printed; pytest -s)."""
+    old = group.master_address()
+    assert old == (HOST, group.primary.port)
+    cache = Cache(SentinelStore(group.url), namespace="failover")  # default timeouts
+    loads = [0]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    calls = [0]
+
+    @cache.cached(ttl=60, key="item:{i}")
+    def item(i: int) -> int:
+        loads[0] += 1
+        time.sleep(0.001)  # a quick query
+        return i * 2
+
+    def worker(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            try:
+                assert item(i % 50) == (i % 50) * 2
+            except BaseException as exc:  # the figure: calls that raised
+                errors.append(exc)
+            calls[0] += 1
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait("warm hits", lambda: cache.stats.hits > 500)
+        killed = time.monotonic()
+        os.kill(group.primary.pid, signal.SIGKILL)
+        group.primary.stop()  # reaps the process
+        time.sleep(0.2)  # calls in flight at the kill finish
+        hits_after_kill = cache.stats.hits
+        promoted_at = resumed_at = None
+        deadline = killed + 30
+        while time.monotonic() < deadline and resumed_at is None:
+            now = time.monotonic()
+            if promoted_at is None:
+                with contextlib.suppress(redis.RedisError):
+                    if group.master_address() == (HOST, group.replica.port):
+                        promoted_at = now
+            if cache.stats.hits > hits_after_kill + 100:
+                resumed_at = now
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    stats = cache.stats
+    print(
+        f"\nfailover under load (4 threads, default timeouts and breaker): "
+        f"calls={calls[0]} raised={len(errors)} loads={loads[0]} "
+        f"store_errors={stats.store_errors} short_circuits={stats.short_circuits} "
+        f"promoted_after={(promoted_at or float('nan')) - killed:.2f}s "
+        f"hits_resumed_after={(resumed_at or float('nan')) - killed:.2f}s"
+    )
+    cache.clear()
+    cache.close()
+    assert errors == []
+    assert promoted_at is not None, "the sentinels did not promote the replica in 30 s"
+    assert resumed_at is not None, "no hits on the promoted replica within 30 s"
