@@ -536,8 +536,7 @@ class CustomTz(dt.tzinfo):
     ("value", "type_name"),
     [
         (Point(1, 2.0), "Point"),
-        (collections.OrderedDict(a=1), "OrderedDict"),
-        (collections.defaultdict(list), "defaultdict"),
+        (collections.defaultdict(lambda: 0), "defaultdict"),  # a factory it cannot name
         (Level.LOW, "Level"),
         (Name("ada"), "Name"),
         (Opaque(), "Opaque"),

@@ -145,6 +145,9 @@ class TypeRegistry:
         self._by_name: dict[str, _Registered] = {}
         self._families: dict[type, _Registered] = {}
         self._derived: dict[type, _Registered] = {}  # subclass -> its family, memoized
+        from ._autotypes import register_standard_types
+
+        register_standard_types(self)
 
     def register(
         self,
@@ -162,8 +165,10 @@ class TypeRegistry:
             cls: the class; subclasses are not covered unless ``subclasses`` is true.
             name: the stable name stored with the value; defaults to
                 ``module.QualName``. Keep it when you move the class.
-            dump: object -> supported value; defaults to the fields of a dataclass.
-            load: supported value -> object; defaults to ``cls(**fields)``.
+            dump: object -> supported value; defaults to the fields of a dataclass, a
+                pydantic model's ``model_dump()``, an Enum member's value.
+            load: supported value -> object; defaults to ``cls(**fields)``,
+                ``model_validate``, ``cls(value)``.
             subclasses: also cover every subclass of ``cls``, present and future, under
                 this one name. ``dump`` and ``load`` are then required, and they must
                 carry the concrete class themselves (``load`` must refuse what it should
@@ -171,7 +176,7 @@ class TypeRegistry:
                 MRO, take precedence over a family further up.
 
         Raises:
-            TypeError: ``cls`` is not a dataclass and ``dump``/``load`` are missing, or
+            TypeError: ``cls`` is none of those kinds and ``dump``/``load`` are missing, or
                 ``subclasses`` is true and either is missing.
             ValueError: the name is taken by another class.
         """
@@ -181,14 +186,16 @@ class TypeRegistry:
                 "the concrete class (the defaults would rebuild the base class)"
             )
         if dump is None or load is None:
-            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            from ._autotypes import default_codec_for
+
+            default = default_codec_for(cls) if isinstance(cls, type) else None
+            if default is None:
                 raise TypeError(
                     f"register_type({cls!r}): pass dump= and load= for a class that is not "
-                    "a dataclass"
+                    "a dataclass, a pydantic model or an Enum"
                 )
-            fields = [f.name for f in dataclasses.fields(cls)]
-            dump = dump or (lambda obj: {f: getattr(obj, f) for f in fields})
-            load = load or (lambda data: cls(**data))
+            dump = dump or default[0]
+            load = load or default[1]
         name = name or f"{cls.__module__}.{cls.__qualname__}"
         taken = self._by_name.get(name)
         if taken is not None and taken.cls is not cls:

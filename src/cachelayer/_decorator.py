@@ -24,6 +24,7 @@ from typing import (
     overload,
 )
 
+from ._autotypes import register_return_types
 from ._keys import call_key_function
 from ._methods import CachedMethod, looks_like_method
 from ._options import ReadOptions
@@ -173,6 +174,9 @@ def make_cached(
         return wrapper
 
     def decorate_function(func: Callable[..., Any], skip: int = 0) -> Any:
+        # Types the annotation names are registered now (-> UserOut just works), and one
+        # no codec can store is refused now rather than after the first load.
+        register_return_types(engine.serializer.registry, func)
         keyfn = call_key_function(func, key, skip)
         tagfns = [call_key_function(func, t, skip) for t in tags]
         is_async = _is_async(func)
