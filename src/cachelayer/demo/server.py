@@ -19,35 +19,49 @@ class ServerError(RuntimeError):
 
 
 class Server:
-    """gunicorn serving the demo app: one process, ``threads`` threads (gthread worker).
+    """gunicorn serving the demo app: ``workers`` processes of ``threads`` threads each
+    (gthread worker).
 
-    One worker process because the memory store is per process: with several, a write
-    would invalidate one worker's copy only. The parent binds the socket (port 0, so the
-    kernel picks a free port) and hands it to gunicorn, so no other program can take the
-    port between the choice and the bind.
+    The memory store runs one worker, because it lives in a process: with several, a
+    write would invalidate one worker's copy only. With Redis the demo runs several, as
+    Django is deployed; their request counters add up in a shared file. The parent binds
+    the socket (port 0, so the kernel picks a free port) and hands it to gunicorn, so no
+    other program can take the port between the choice and the bind.
     """
 
-    def __init__(self, config: dict[str, Any], threads: int) -> None:
+    def __init__(self, config: dict[str, Any], threads: int, workers: int = 1) -> None:
         self.config = config
         self.threads = threads
+        self.workers = workers
         self.host = "127.0.0.1"
         self.port = 0
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        self._counters = tempfile.NamedTemporaryFile(prefix="cldemo-", suffix=".counters")  # noqa: SIM115
 
     def __enter__(self) -> Server:
+        from .counters import file_size
+
+        self._counters.truncate(file_size())
+        self._counters.flush()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((self.host, 0))
         sock.listen(2048)
         self._sock, self.port = sock, sock.getsockname()[1]
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = "cachelayer.demo.settings"
-        env["CACHELAYER_DEMO"] = json.dumps(self.config)
+        config = {
+            **self.config,
+            "counters": self._counters.name,
+            "counters_shared": self.workers > 1,
+        }
+        env["CACHELAYER_DEMO"] = json.dumps(config)
         command = [
             sys.executable, "-m", "gunicorn",
             "--bind", f"fd://{sock.fileno()}",
-            "--workers", "1", "--worker-class", "gthread", "--threads", str(self.threads),
+            "--workers", str(self.workers),
+            "--worker-class", "gthread", "--threads", str(self.threads),
             "--keep-alive", "30", "--timeout", "120", "--log-level", "warning",
             "cachelayer.demo.wsgi:application",
         ]  # fmt: skip
@@ -99,3 +113,4 @@ class Server:
             self._sock.close()
             self._sock = None
         self._log.close()
+        self._counters.close()

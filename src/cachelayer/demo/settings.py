@@ -1,9 +1,11 @@
 """Django settings of the demo app, read from the ``CACHELAYER_DEMO`` environment variable.
 
 ``CACHELAYER_DEMO`` is JSON written by the ``cachelayer demo`` command:
-``{"mode": "none" | "naive" | "cachelayer", "database": <URL>, "store": <URL>,
-"namespace": <str>}``. ``database`` is ``sqlite:///path`` or ``postgresql://...``;
-``store`` is ``memory://`` or a Redis URL.
+``{"mode": "none" | "naive" | "careful" | "cachelayer", "database": <URL>, "store": <URL>,
+"namespace": <str>, "counters": <path>, "counters_shared": <bool>}``. ``database`` is
+``sqlite:///path`` or ``postgresql://...``; ``store`` is ``memory://`` or a Redis URL;
+``counters`` is the file the workers keep their request counters in (views.Counters),
+``counters_shared`` whether several workers do.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def database_settings(url: str) -> dict[str, Any]:
 
 
 def cache_settings(mode: str, store: str, namespace: str) -> dict[str, Any]:
-    """``CACHES``: Django's stock backend for the story's code, cachelayer's for cachelayer."""
+    """``CACHES``: Django's stock backend, at its defaults, for the story's code (``naive``
+    and ``careful``); cachelayer's for cachelayer."""
     redis = not store.startswith("memory://")
     if mode == "cachelayer":
         return {
@@ -60,7 +63,9 @@ def cache_settings(mode: str, store: str, namespace: str) -> dict[str, Any]:
             "default": {
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
                 "LOCATION": store,
-                "KEY_PREFIX": namespace,
+                # A prefix per phase: the careful reader must not start with the keys
+                # the story's code left in the same Redis (nor their stale values).
+                "KEY_PREFIX": f"{namespace}:{mode}",
             }
         }
     return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -8,4 +8,5 @@ urlpatterns = [
     path("users/<int:user_id>", views.user),
     path("ping", views.ping),
     path("_demo/stats", views.stats),
+    path("_demo/warm", views.warm),
 ]

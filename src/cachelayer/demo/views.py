@@ -7,8 +7,15 @@ items). ``settings.MODE`` picks how it is cached:
 - ``none``: every read runs the queries;
 - ``naive``: the story's code: ``cache.get``, ``if not data``, ``cache.set(timeout=300)``
   on Django's stock backend, and nothing on write;
+- ``careful``: the same, plus ``cache.delete`` after each write commits: what a careful
+  reader adds after the story's invalidation section (it still races: a read that missed
+  and loaded the old row can write it back after the delete);
 - ``cachelayer``: ``@cache.cached`` with a tag, and ``invalidate_on`` for the models the
   profile reads, so a committed write drops the entry.
+
+``POST /_demo/warm`` loads a list of profiles into the cache before the traffic: with
+``fn.warm`` for cachelayer, with the team's own ``cache.set`` loop for the story's code.
+The ``/_demo/`` endpoints are not counted as requests.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
@@ -24,36 +32,12 @@ from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from cachelayer import CachedFunction
+
+from .counters import Counters
 from .models import Order, Preference, Profile, User
 
-KINDS = ("ping", "hit", "miss", "write")
-
-
-class Counters:
-    """Per-process request counters, read by the load driver through ``/_demo/stats``.
-
-    Besides totals, each request's server CPU time (``time.thread_time``: this thread's
-    own, not time spent waiting for the GIL) is summed by kind: ``ping`` (the floor),
-    ``hit`` and ``miss`` (profile reads that did not / did run the queries), ``write``.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.counts: dict[str, int] = dict.fromkeys(["requests", "queries", "reads", "loads"], 0)
-        for kind in KINDS:
-            self.counts[f"n_{kind}"] = self.counts[f"cpu_us_{kind}"] = 0
-
-    def add(self, **deltas: int) -> None:
-        with self.lock:
-            for name, delta in deltas.items():
-                self.counts[name] += delta
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.counts)
-
-
-COUNTERS = Counters()
+COUNTERS = Counters(settings.CONFIG.get("counters"))
 _request = threading.local()
 
 
@@ -145,7 +129,7 @@ def _naive_profile(user_id: int) -> dict[str, Any] | None:
     return data  # type: ignore[no-any-return]
 
 
-def _cachelayer_profile() -> Callable[[int], dict[str, Any] | None]:
+def _cachelayer_profile() -> CachedFunction[[int], dict[str, Any] | None]:
     """cachelayer as its docs recommend: the decorator on the query, model-driven invalidation."""
     from cachelayer.django import get_cache, invalidate_on
 
@@ -165,9 +149,12 @@ def _cachelayer_profile() -> Callable[[int], dict[str, Any] | None]:
 _PROFILE: dict[str, Callable[[int], dict[str, Any] | None]] = {
     "none": build_profile,
     "naive": _naive_profile,
+    "careful": _naive_profile,
 }
+#: The decorated function (cachelayer's phase only): its ``warm`` fills the cache.
+cached_profile: CachedFunction[[int], dict[str, Any] | None] | None = None
 if settings.MODE == "cachelayer":
-    _PROFILE["cachelayer"] = _cachelayer_profile()
+    _PROFILE["cachelayer"] = cached_profile = _cachelayer_profile()
 read_profile = _PROFILE[settings.MODE]
 
 
@@ -196,6 +183,11 @@ def _update(request: HttpRequest, user_id: int) -> HttpResponse:
         user.name = name
         user.version += 1
         user.save(update_fields=["name", "version"])
+    if settings.MODE == "careful":
+        # The careful reader's one line, after the commit: drop the cached profile.
+        from django.core.cache import cache
+
+        cache.delete(f"user_profile_{user_id}")
     return JsonResponse({"id": user.pk, "version": user.version})
 
 
@@ -205,12 +197,88 @@ def ping(request: HttpRequest) -> HttpResponse:
 
 
 def stats(request: HttpRequest) -> HttpResponse:
-    """Counters for the load driver (not counted as requests); in the cachelayer phase,
-    the Cache's own counters too, prefixed ``cache_`` (lease waits, flight joins, ...)."""
+    """Counters for the load driver (not counted as requests); in the cachelayer phase
+    with one worker, the Cache's own counters too, prefixed ``cache_`` (lease waits,
+    flight joins, ...): they are per process."""
     counts = COUNTERS.snapshot()
-    if settings.MODE == "cachelayer":
+    if settings.MODE == "cachelayer" and not settings.CONFIG.get("counters_shared"):
         from cachelayer.django import get_cache
 
         snapshot = get_cache().stats.snapshot()
         counts.update({f"cache_{k}": v for k, v in snapshot.items() if k != "hit_ratio_permille"})
     return JsonResponse(counts)
+
+
+def warm(request: HttpRequest) -> HttpResponse:
+    """``POST {"ids": [...], "concurrency": 8}``: load those profiles into the cache.
+
+    cachelayer: ``cached_profile.warm(ids)``, under leases, skipping fresh keys. The
+    story's code: what a careful team writes, the same list through its own
+    ``cache.set`` calls, as many at once; on ``LocMemCache`` only as many as it keeps
+    (``MAX_ENTRIES``, 300 by Django's default): loading more would evict them as it goes.
+    Answers what was done, and the seconds it took.
+    """
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    try:
+        body = json.loads(request.body)
+        ids = [int(i) for i in body["ids"]]
+        concurrency = int(body.get("concurrency", 8))
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": 'body must be JSON {"ids": [...]}'}, status=400)
+    if concurrency < 1:
+        return JsonResponse({"error": "concurrency must be at least 1"}, status=400)
+    if cached_profile is not None:
+        started = time.perf_counter()
+        result = cached_profile.warm(
+            ids, concurrency=concurrency, progress=lambda done, total: COUNTERS.add(warmed=1)
+        )
+        answer: dict[str, Any] = {
+            "ids": len(ids),
+            "loaded": result.loaded,
+            "fresh": result.fresh,
+            "busy": result.busy,
+            "failed": result.failed,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    elif settings.MODE in ("naive", "careful"):
+        answer = _warm_story(ids, concurrency)
+    else:
+        answer = {"ids": len(ids), "loaded": 0, "seconds": 0.0}
+    return JsonResponse(answer)
+
+
+def _warm_story(ids: list[int], concurrency: int) -> dict[str, Any]:
+    """The story's cache, warmed the way a careful team would: ``cache.set`` per id."""
+    from django.core.cache import cache
+    from django.db import connection as thread_connection
+
+    started = time.perf_counter()
+    configured = settings.CACHES["default"]
+    if configured["BACKEND"].endswith(".LocMemCache"):
+        ids = ids[: int(configured.get("OPTIONS", {}).get("MAX_ENTRIES", 300))]
+    failed = 0
+    lock = threading.Lock()
+
+    def load(chunk: list[int]) -> None:
+        nonlocal failed
+        try:
+            for user_id in chunk:
+                try:
+                    cache.set(f"user_profile_{user_id}", build_profile(user_id), timeout=300)
+                    COUNTERS.add(warmed=1)
+                except Exception:  # a warm-up that fails leaves the key to the traffic
+                    with lock:
+                        failed += 1
+        finally:
+            thread_connection.close()  # this pool thread's own connection
+
+    chunks = [ids[i::concurrency] for i in range(concurrency)]
+    with ThreadPoolExecutor(concurrency, "demo-warm") as pool:
+        list(pool.map(load, chunks))
+    return {
+        "ids": len(ids),
+        "loaded": len(ids) - failed,
+        "failed": failed,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
