@@ -9,6 +9,7 @@ and stopped by their pids at the end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -77,6 +78,16 @@ def form_cluster(servers: list[RedisServer], buses: list[int]) -> None:
     finally:
         for node in nodes:
             node.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_stray_sockets() -> Iterator[None]:
+    """redis-py's asyncio cluster client leaves some node connections of a loop that has
+    closed to the garbage collector (a ResourceWarning: unclosed socket). Collect them
+    here, where they come from, rather than in whichever test happens to run next. (A
+    leak to chase in the async cluster face: see the closing note of issue 12.)"""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
