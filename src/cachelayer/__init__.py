@@ -16,6 +16,7 @@ from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._codecs import TypeRegistry
 from ._decorator import AsyncCachedFunction, CacheDecorator, CachedFunction
+from ._local import LocalTier
 from ._lock import Lock, LockError
 from ._options import Fresh
 from ._policy import DEFAULT
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "Fresh",
+    "LocalTier",
     "Lock",
     "LockError",
     "StoreUnavailable",

@@ -9,6 +9,7 @@ engine's ``drive`` or ``adrive``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import time
@@ -20,9 +21,11 @@ from ._decorator import CacheDecorator, make_cached
 from ._engine import Engine, lease_key
 from ._envelope import DEFAULT_MAX_VALUE_SIZE, Serializer
 from ._keys import KeyBuilder, derived_key
+from ._local import MISSING, LocalTier
 from ._lock import Lock
 from ._options import ErrorPolicy, Fresh, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
+from ._purge import EVERYTHING, KEYS, TAGS, Subscriber, channel_for
 from ._readpath import plain_get, read_through, warm
 from ._redact import redact_url
 from ._runner import StoreRunner
@@ -30,6 +33,7 @@ from ._stats import Stats
 from ._steps import FAILED, Clear, Delete, Set, SetMany
 from ._warm import Job, Progress, WarmResult, run_async, run_sync
 from .backends import AsyncStore, Store, store_from_url
+from .backends.base import AsyncPublisher, Publisher
 from .errors import ConfigurationError
 
 __all__ = ["Cache"]
@@ -79,6 +83,14 @@ class Cache:
         clock: wall-clock seconds, written into entries; injected by tests.
         rng: uniform ``[0, 1)`` source for TTL jitter and early-refresh draws; injected
             by tests.
+        local: an in-process tier in front of the store for ``get``/``aget``,
+            ``get_or_load`` and decorated functions: a :class:`~cachelayer.LocalTier`
+            or its settings (``{"max_entries": 10_000, "max_ttl": 30}``). Kept coherent
+            across processes by purges published on every invalidation; needs a store
+            that can publish (Redis, Valkey, Sentinel). See docs/local.md.
+        publish_invalidations: publish every invalidation for other processes' local
+            tiers. Default: only when ``local`` is set; turn it on in processes that
+            write without a local tier of their own (workers, cron jobs).
     """
 
     def __init__(
@@ -103,6 +115,8 @@ class Cache:
         max_key_length: int = 250,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        local: LocalTier | Mapping[str, Any] | None = None,
+        publish_invalidations: bool | None = None,
     ) -> None:
         if on_error not in ("ignore", "raise"):
             raise ConfigurationError(f"on_error={on_error!r} must be 'ignore' or 'raise'")
@@ -132,6 +146,23 @@ class Cache:
             if signing_key is None or isinstance(signing_key, (bytes, str))
             else list(signing_key)
         )
+        tier = None if local is None else LocalTier.from_option(local)
+        publish = tier is not None if publish_invalidations is None else publish_invalidations
+        if tier is not None and not publish:
+            raise ConfigurationError(
+                "local= needs publish_invalidations: other processes' writes reach this "
+                "process's tier only through published purges (docs/local.md)"
+            )
+        if publish and not (
+            isinstance(store, Publisher) and isinstance(store.asynchronous(), AsyncPublisher)
+        ):
+            raise ConfigurationError(
+                f"{'local=' if tier is not None else 'publish_invalidations'} needs a store "
+                f"that can publish invalidations (Redis, Valkey, Sentinel); "
+                f"{type(store).__name__} cannot"
+                + (" (memory:// is in-process already)" if self.url.startswith("memory") else "")
+            )
+        keybuilder = KeyBuilder(namespace, version, max_key_length)
         #: The counters of this Cache (also ``engine.stats``).
         self.stats = Stats()
         runner = StoreRunner(store, breaker or CircuitBreaker(), self.stats, refresh_workers)
@@ -143,7 +174,7 @@ class Cache:
                 signing_key=keys,
                 max_value_size=max_value_size,
             ),
-            keys=KeyBuilder(namespace, version, max_key_length),
+            keys=keybuilder,
             ttl=TtlPolicy(ttl, ttls, jitter, rng),
             stats=self.stats,
             clock=clock,
@@ -152,7 +183,18 @@ class Cache:
             lease_wait=float(lease_wait),
             tag_ttl=float(tag_ttl),
             raise_errors=on_error == "raise",
+            local=tier,
+            purge_channel=channel_for(keybuilder.prefix) if publish else None,
         )
+        #: The local tier (``local=``), or None.
+        self.local = tier
+        self._subscriber: Subscriber | None = None
+        if tier is not None:
+            assert isinstance(store, Publisher)
+            self._subscriber = Subscriber(
+                store, channel_for(keybuilder.prefix), tier, self.engine.origin
+            )
+            self._subscriber.start()
         self.lease_ttl = self.engine.lease_ttl
         self.lease_wait = self.engine.lease_wait
         self.tag_ttl = self.engine.tag_ttl
@@ -190,13 +232,27 @@ class Cache:
             StoreUnavailable: only with ``on_error="raise"``, when the store fails.
         """
         e = self.engine
-        value = e.drive(plain_get(e, [e.keys.full(key)]), None, e.raise_errors)[0]
+        full = e.keys.full(key)
+        if e.local is not None:
+            value = e.local.get(full)
+            if value is not MISSING:
+                self.stats.hits += 1
+                self.stats.local_hits += 1
+                return value
+        value = e.drive(plain_get(e, [full]), None, e.raise_errors)[0]
         return default if value is FAILED else value
 
     async def aget(self, key: str, default: Any = None) -> Any:
         """``get`` for asyncio code."""
         e = self.engine
-        value = (await e.adrive(plain_get(e, [e.keys.full(key)]), None, e.raise_errors))[0]
+        full = e.keys.full(key)
+        if e.local is not None:
+            value = e.local.get(full)
+            if value is not MISSING:
+                self.stats.hits += 1
+                self.stats.local_hits += 1
+                return value
+        value = (await e.adrive(plain_get(e, [full]), None, e.raise_errors))[0]
         return default if value is FAILED else value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -232,11 +288,17 @@ class Cache:
             TypeError: the value holds a type the codec cannot store exactly.
             StoreUnavailable: only with ``on_error="raise"``.
         """
-        self.engine.call(self._set_step(key, value, ttl), self.engine.raise_errors)
+        step = self._set_step(key, value, ttl)
+        self.engine.call(step, self.engine.raise_errors)
+        if self.engine.purges:
+            self.engine.purge(KEYS, [step.key])
 
     async def aset(self, key: str, value: Any, ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for asyncio code."""
-        await self.engine.acall(self._set_step(key, value, ttl), self.engine.raise_errors)
+        step = self._set_step(key, value, ttl)
+        await self.engine.acall(step, self.engine.raise_errors)
+        if self.engine.purges:
+            await self.engine.apurge(KEYS, [step.key])
 
     def _set_many_step(self, mapping: Mapping[str, Any], ttl: TtlSpec) -> SetMany:
         items, void = [], []
@@ -248,11 +310,17 @@ class Cache:
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for each item (each with its own jitter); one round trip."""
-        self.engine.call(self._set_many_step(mapping, ttl), self.engine.raise_errors)
+        step = self._set_many_step(mapping, ttl)
+        self.engine.call(step, self.engine.raise_errors)
+        if self.engine.purges:
+            self.engine.purge(KEYS, [key for key, _, _ in step.items])
 
     async def aset_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set_many`` for asyncio code."""
-        await self.engine.acall(self._set_many_step(mapping, ttl), self.engine.raise_errors)
+        step = self._set_many_step(mapping, ttl)
+        await self.engine.acall(step, self.engine.raise_errors)
+        if self.engine.purges:
+            await self.engine.apurge(KEYS, [key for key, _, _ in step.items])
 
     def _delete_step(self, keys: Iterable[str]) -> Delete:
         return self.engine.delete_step(self.engine.keys.full(key) for key in keys)
@@ -263,13 +331,18 @@ class Cache:
         A failure is never raised (unless ``on_error="raise"``) but counted as
         ``invalidation_errors`` and logged at WARNING: the old value may live to its TTL.
         """
-        result = self.engine.call(self._delete_step([key]), self.engine.raise_errors, True)
+        step = self._delete_step([key])
+        result = self.engine.call(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            self.engine.purge(KEYS, step.keys[::2])
         return result is not FAILED and result > 0
 
     async def adelete(self, key: str) -> bool:
         """``delete`` for asyncio code."""
         step = self._delete_step([key])
         result = await self.engine.acall(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            await self.engine.apurge(KEYS, step.keys[::2])
         return result is not FAILED and result > 0
 
     #: ``invalidate(key)``: the same as ``delete``, named for the write path.
@@ -278,13 +351,18 @@ class Cache:
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for each key in one step; returns how many store keys existed."""
-        result = self.engine.call(self._delete_step(keys), self.engine.raise_errors, True)
+        step = self._delete_step(keys)
+        result = self.engine.call(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            self.engine.purge(KEYS, step.keys[::2])
         return 0 if result is FAILED else int(result)
 
     async def adelete_many(self, keys: Iterable[str]) -> int:
         """``delete_many`` for asyncio code."""
         step = self._delete_step(keys)
         result = await self.engine.acall(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            await self.engine.apurge(KEYS, step.keys[::2])
         return 0 if result is FAILED else int(result)
 
     def invalidate_tags(self, *tags: str) -> bool:
@@ -298,14 +376,20 @@ class Cache:
         if not tags:
             return True
         step = self.engine.invalidate_tags_step(tags)
-        return self.engine.call(step, self.engine.raise_errors, True) is not FAILED
+        done = self.engine.call(step, self.engine.raise_errors, True) is not FAILED
+        if self.engine.purges:
+            self.engine.purge(TAGS, [key for key, _, _ in step.items])
+        return done
 
     async def ainvalidate_tags(self, *tags: str) -> bool:
         """``invalidate_tags`` for asyncio code."""
         if not tags:
             return True
         step = self.engine.invalidate_tags_step(tags)
-        return await self.engine.acall(step, self.engine.raise_errors, True) is not FAILED
+        done = await self.engine.acall(step, self.engine.raise_errors, True) is not FAILED
+        if self.engine.purges:
+            await self.engine.apurge(TAGS, [key for key, _, _ in step.items])
+        return done
 
     def invalidate_after_commit(
         self,
@@ -365,8 +449,15 @@ class Cache:
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
         e = self.engine
+        full = e.keys.full(key)
+        if e.local is not None:
+            value = e.local.get(full)
+            if value is not MISSING:
+                self.stats.hits += 1
+                self.stats.local_hits += 1
+                return value
         tag_keys = [e.keys.tag(t) for t in tags]
-        return e.drive(read_through(e, e.keys.full(key), options, tag_keys), loader)
+        return e.drive(read_through(e, full, options, tag_keys), loader)
 
     @overload
     async def aget_or_load(
@@ -409,8 +500,15 @@ class Cache:
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
         e = self.engine
+        full = e.keys.full(key)
+        if e.local is not None:
+            value = e.local.get(full)
+            if value is not MISSING:
+                self.stats.hits += 1
+                self.stats.local_hits += 1
+                return value
         tag_keys = [e.keys.tag(t) for t in tags]
-        return await e.adrive(read_through(e, e.keys.full(key), options, tag_keys), loader)
+        return await e.adrive(read_through(e, full, options, tag_keys), loader)
 
     def _options(
         self,
@@ -546,12 +644,16 @@ class Cache:
         """Delete every entry of this namespace and version; returns how many."""
         step = Clear(self.engine.keys.prefix)
         result = self.engine.call(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            self.engine.purge(EVERYTHING)
         return 0 if result is FAILED else int(result)
 
     async def aclear(self) -> int:
         """``clear`` for asyncio code."""
         step = Clear(self.engine.keys.prefix)
         result = await self.engine.acall(step, self.engine.raise_errors, True)
+        if self.engine.purges:
+            await self.engine.apurge(EVERYTHING)
         return 0 if result is FAILED else int(result)
 
     # -- locks -----------------------------------------------------------------------------
@@ -614,12 +716,25 @@ class Cache:
         """The asyncio face of the store."""
         return self.engine.runner.astore
 
+    def wait_local(self, timeout: float = 5.0) -> bool:
+        """Wait until the local tier is subscribed to its purges and serving (it starts
+        a moment after the Cache, and pauses while the channel is lost). Returns False
+        on timeout, or when there is no local tier. Reads never need to wait: until the
+        tier serves, they go to the store."""
+        return self._subscriber is not None and self._subscriber.wait_subscribed(timeout)
+
     def close(self) -> None:
-        """Finish background refreshes, then close the store's connections."""
+        """Stop the local tier's subscriber, finish background refreshes, then close the
+        store's connections."""
+        if self._subscriber is not None:
+            self._subscriber.stop()
         self.engine.runner.close()
 
     async def aclose(self) -> None:
-        """Cancel this loop's background refreshes, then close both faces' connections."""
+        """Stop the local tier's subscriber, cancel this loop's background refreshes,
+        then close both faces' connections."""
+        if self._subscriber is not None:
+            await asyncio.to_thread(self._subscriber.stop)
         await self.engine.runner.aclose()
 
     def __enter__(self) -> Cache:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -26,8 +26,10 @@ from typing import (
 
 from ._autotypes import register_return_types
 from ._keys import call_key_function
+from ._local import MISSING
 from ._methods import CachedMethod, looks_like_method
 from ._options import ReadOptions
+from ._purge import KEYS
 from ._readpath import FRESH, first_look, read_through, refresh, warm
 from ._steps import FAILED, Flow
 from ._warm import Job, Progress, WarmResult, as_args, run_async, run_sync
@@ -159,6 +161,7 @@ def make_cached(
     call, acall, drive, adrive = engine.call, engine.acall, engine.drive, engine.adrive
     get, aget = engine.runner.get, engine.runner.aget
     refresher = engine.runner.refresher
+    local = engine.local
 
     def decorate(target: Any) -> Any:
         # classmethod/staticmethod objects: cache the function they hold, wrap it again.
@@ -199,13 +202,19 @@ def make_cached(
                 refresher.submit(store, functools.partial(drive, again, loader))
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
-            done = call(engine.delete_step([full(keyfn(args, kwargs))]), False, True)
+            store = full(keyfn(args, kwargs))
+            done = call(engine.delete_step([store]), False, True)
+            if engine.purges:
+                engine.purge(KEYS, [store])
             if refresh_after_write and not is_async:  # async functions rewarm in ainvalidate
                 rewarm(args, kwargs)
             return done is not FAILED and done > 0
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
-            done = await acall(engine.delete_step([full(keyfn(args, kwargs))]), False, True)
+            store = full(keyfn(args, kwargs))
+            done = await acall(engine.delete_step([store]), False, True)
+            if engine.purges:
+                await engine.apurge(KEYS, [store])
             if refresh_after_write:
                 rewarm(args, kwargs)
             return done is not FAILED and done > 0
@@ -214,7 +223,9 @@ def make_cached(
         # the read-path flow (one GET, one decode); anything else continues in the flow
         # with what was read. (Tagged calls read value and tokens together in the flow.)
         wrapper: Any
-        if is_async:
+        if local is not None:
+            wrapper = _local_wrapper(engine, func, keyfn, tagfns, options, is_async)
+        elif is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if tagfns:
@@ -288,6 +299,77 @@ def make_cached(
         return wrapper
 
     return cast(CacheDecorator, decorate)
+
+
+def _local_wrapper(
+    engine: Engine,
+    func: Callable[..., Any],
+    keyfn: Callable[[tuple[Any, ...], Mapping[str, Any]], str],
+    tagfns: Sequence[Callable[[tuple[Any, ...], Mapping[str, Any]], str]],
+    options: ReadOptions,
+    is_async: bool,
+) -> Any:
+    """The wrapper of a Cache with a local tier: a local hit first, then the store path
+    (which offers what it reads back to the tier; docs/local.md)."""
+    local = engine.local
+    assert local is not None
+    lookup, full, tag, stats = local.get, engine.keys.full, engine.keys.tag, engine.stats
+    get, aget, drive, adrive = (
+        engine.runner.get,
+        engine.runner.aget,
+        engine.drive,
+        engine.adrive,
+    )
+
+    def rest(key: str, raw: Any, since: int) -> tuple[Any, Flow | None]:
+        # After an untagged store read: a plain fresh hit is kept and answered here;
+        # anything else continues in the read path with what was read.
+        entry, state = first_look(engine, raw, None, options, key=key)
+        if state == FRESH and entry is not None and not entry.negative:
+            stats.hits += 1
+            local.keep_entry(key, entry, engine.now_ms(), since)
+            return entry.value, None
+        return None, read_through(engine, key, options, (), (raw, entry, state))
+
+    if is_async:
+
+        async def async_local(*args: Any, **kwargs: Any) -> Any:
+            key = full(keyfn(args, kwargs))
+            value = lookup(key)
+            if value is not MISSING:
+                stats.hits += 1
+                stats.local_hits += 1
+                return value
+            if tagfns:
+                tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
+                flow = read_through(engine, key, options, tag_keys)
+                return await adrive(flow, lambda: func(*args, **kwargs))
+            since = local.seq
+            value, after = rest(key, await aget(key), since)
+            if after is None:
+                return value
+            return await adrive(after, lambda: func(*args, **kwargs))
+
+        return async_local
+
+    def sync_local(*args: Any, **kwargs: Any) -> Any:
+        key = full(keyfn(args, kwargs))
+        value = lookup(key)
+        if value is not MISSING:
+            stats.hits += 1
+            stats.local_hits += 1
+            return value
+        if tagfns:
+            tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
+            flow = read_through(engine, key, options, tag_keys)
+            return drive(flow, lambda: func(*args, **kwargs))
+        since = local.seq
+        value, after = rest(key, get(key), since)
+        if after is None:
+            return value
+        return drive(after, lambda: func(*args, **kwargs))
+
+    return sync_local
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

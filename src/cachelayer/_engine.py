@@ -18,11 +18,13 @@ from typing import Any
 
 from ._envelope import Entry, Serializer
 from ._keys import KeyBuilder, derived_key
+from ._local import LocalTier
 from ._options import ErrorPolicy
 from ._policy import TtlPolicy
+from ._purge import KEYS, TAGS, message
 from ._runner import StoreRunner
 from ._stats import RateLimitedLog, Stats
-from ._steps import Delete, SetMany
+from ._steps import Broadcast, Delete, SetMany
 from .errors import DecodeError
 
 __all__ = ["LEASE_SUFFIX", "Engine", "lease_key"]
@@ -53,6 +55,9 @@ class Engine:
         raise_errors: plain calls raise ``StoreUnavailable`` (``on_error="raise"``).
         clock: wall-clock seconds, as written into entries.
         random: uniform ``[0, 1)`` draws for jitter and early refresh.
+        local: the local tier (``Cache(local=...)``), or None.
+        purge_channel: the channel invalidations are published on, or None when this
+            Cache does not publish them.
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class Engine:
         lease_wait: float,
         tag_ttl: float,
         raise_errors: bool,
+        local: LocalTier | None = None,
+        purge_channel: str | None = None,
     ) -> None:
         self.runner = runner
         self.serializer = serializer
@@ -81,6 +88,13 @@ class Engine:
         self.lease_wait = lease_wait
         self.tag_ttl = tag_ttl
         self.raise_errors = raise_errors
+        self.local = local
+        self.purge_channel = purge_channel
+        #: invalidations are purged: from a local tier, or published to other processes
+        self.purges = local is not None or purge_channel is not None
+        #: names this Cache's purge messages (its own subscriber skips them)
+        self.origin = os.urandom(8).hex()
+        runner.local = local
         self.call = runner.call
         self.acall = runner.acall
         self.drive = runner.drive
@@ -189,3 +203,32 @@ class Engine:
     def invalidate_tags_step(self, tags: Iterable[str]) -> SetMany:
         """Give each tag a new token: every entry stamped with the old one is a miss."""
         return SetMany([(self.keys.tag(tag), os.urandom(8), self.tag_ttl) for tag in tags])
+
+    # -- purges (docs/local.md) ------------------------------------------------------------
+
+    def _purge_step(self, kind: str, names: Sequence[str]) -> Broadcast | None:
+        local = self.local
+        if local is not None:
+            if kind == KEYS:
+                local.invalidate(keys=names)
+            elif kind == TAGS:
+                local.invalidate(tags=names)
+            else:
+                local.flush()
+        if self.purge_channel is None:
+            return None
+        return Broadcast(self.purge_channel, message(kind, names, self.origin))
+
+    def purge(self, kind: str, names: Sequence[str] = ()) -> None:
+        """After an invalidation's store step: drop what it touched from this process's
+        local tier and publish it to the others (a failure counts as an invalidation
+        error). ``kind`` is ``"k"`` (store keys), ``"t"`` (tag keys) or ``"*"``."""
+        step = self._purge_step(kind, names)
+        if step is not None:
+            self.call(step, self.raise_errors, True)
+
+    async def apurge(self, kind: str, names: Sequence[str] = ()) -> None:
+        """``purge`` for asyncio code."""
+        step = self._purge_step(kind, names)
+        if step is not None:
+            await self.acall(step, self.raise_errors, True)

@@ -42,6 +42,7 @@ from ._steps import (
     Get,
     GetMany,
     JoinFlight,
+    KeepLocal,
     Lease,
     Publish,
     Refresh,
@@ -254,6 +255,8 @@ def read_through(
                 raise exc
         elif state == FRESH:
             stats.hits += 1
+            if engine.local is not None:
+                yield KeepLocal(key, entry, engine.now_ms())
             return entry.value
         elif state <= STALE:
             yield Refresh(key, refresh(engine, key, options, tag_keys))
@@ -567,9 +570,12 @@ def plain_get(engine: Engine, keys: Sequence[str]) -> Flow:
         if found is not FAILED:
             tokens = _tokens(tag_keys, found)
     values = []
-    for entry in entries:
+    local = engine.local
+    for key, entry in zip(keys, entries, strict=True):
         if entry is not None and _tags_hold(entry, tokens):
             stats.hits += 1
+            if local is not None:
+                yield KeepLocal(key, entry, now)
             values.append(entry.value)
         else:
             stats.misses += 1

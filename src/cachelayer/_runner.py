@@ -16,15 +16,29 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._breaker import CircuitBreaker
 from ._flight import UNTRUSTED, AsyncFlights, SyncFlights, wait_sync
 from ._refresh import Refresher
 from ._stats import RateLimitedLog, Stats
-from ._steps import FAILED, LEAD, LOAD, Flow, JoinFlight, Publish, Refresh, Sleep, StoreStep
+from ._steps import (
+    FAILED,
+    LEAD,
+    LOAD,
+    Flow,
+    JoinFlight,
+    KeepLocal,
+    Publish,
+    Refresh,
+    Sleep,
+    StoreStep,
+)
 from .backends import AsyncStore, Store
 from .errors import StoreBusy, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ._local import LocalTier
 
 __all__ = ["StoreRunner", "store_failures"]
 
@@ -63,6 +77,8 @@ class StoreRunner:
         # A CircuitBreaker subclass written before failures counted per incident may
         # override failure() without its `since` parameter.
         self._incidents = "since" in inspect.signature(breaker.failure).parameters
+        #: the local tier that KeepLocal steps offer entries to (set by the Engine)
+        self.local: LocalTier | None = None
 
     def call(self, step: StoreStep, raising: bool = False, invalidating: bool = False) -> Any:
         """Run one store step with a blocking call; a store failure gives :data:`FAILED`
@@ -204,6 +220,8 @@ class StoreRunner:
         """Run a flow with blocking calls (the sync shell)."""
         flight = None
         flight_key = ""
+        local = self.local
+        since = local.seq if local is not None else 0  # before the flow's first read
         try:
             op = next(flow)
             while True:
@@ -231,6 +249,10 @@ class StoreRunner:
                 elif isinstance(op, Sleep):
                     time.sleep(op.seconds)
                     result = None
+                elif isinstance(op, KeepLocal):
+                    if local is not None:
+                        local.keep_entry(op.key, op.entry, op.now_ms, since)
+                    result = None
                 else:
                     assert isinstance(op, Refresh)
                     self.refresher.submit(op.key, functools.partial(self.drive, op.flow, loader))
@@ -252,6 +274,8 @@ class StoreRunner:
         """Run a flow with ``await`` (the async shell)."""
         flight = None
         flight_key = ""
+        local = self.local
+        since = local.seq if local is not None else 0  # before the flow's first read
         try:
             op = next(flow)
             while True:
@@ -281,6 +305,10 @@ class StoreRunner:
                     result = None
                 elif isinstance(op, Sleep):
                     await asyncio.sleep(op.seconds)
+                    result = None
+                elif isinstance(op, KeepLocal):
+                    if local is not None:
+                        local.keep_entry(op.key, op.entry, op.now_ms, since)
                     result = None
                 else:
                     assert isinstance(op, Refresh)

@@ -31,6 +31,7 @@ class Stats:
         "lease_waits",
         "load_errors",
         "loads",
+        "local_hits",
         "misses",
         "negative_hits",
         "oversized",
@@ -56,6 +57,7 @@ class Stats:
     lease_waits: int
     load_errors: int
     loads: int
+    local_hits: int
     misses: int
     negative_hits: int
     oversized: int

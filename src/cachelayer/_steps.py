@@ -15,16 +15,18 @@ A store step that failed is answered with :data:`FAILED`, never with an exceptio
 from __future__ import annotations
 
 from collections.abc import Awaitable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 if TYPE_CHECKING:
-    from .backends.base import AsyncStore, Item, Store
+    from ._envelope import Entry
+    from .backends.base import AsyncPublisher, AsyncStore, Item, Publisher, Store
 
 __all__ = [
     "FAILED",
     "LEAD",
     "LOAD",
     "Add",
+    "Broadcast",
     "Clear",
     "Delete",
     "DeleteIf",
@@ -33,6 +35,7 @@ __all__ = [
     "Get",
     "GetMany",
     "JoinFlight",
+    "KeepLocal",
     "Keys",
     "Lease",
     "Load",
@@ -309,6 +312,22 @@ class Clear(StoreStep):
         return store.clear(self.prefix)
 
 
+class Broadcast(StoreStep):
+    """``store.publish(channel, message)`` (a :class:`~cachelayer.backends.Publisher`)."""
+
+    __slots__ = ("channel", "message")
+    name = "publish"
+
+    def __init__(self, channel: str, message: bytes) -> None:
+        self.channel, self.message = channel, message
+
+    def run(self, store: Store) -> int:
+        return cast("Publisher", store).publish(self.channel, self.message)
+
+    def arun(self, store: AsyncStore) -> Awaitable[int]:
+        return cast("AsyncPublisher", store).publish(self.channel, self.message)
+
+
 class Load(Step):
     """Call the loader: its value is sent back, or its exception thrown into the flow."""
 
@@ -345,6 +364,16 @@ class Publish(Step):
 
     def __init__(self, raw: bytes, trusted: bool) -> None:
         self.raw, self.trusted = raw, trusted
+
+
+class KeepLocal(Step):
+    """Offer a fresh entry just read from the store to the local tier, if there is one
+    (the shell passes the tier's sequence number taken before the flow's first read)."""
+
+    __slots__ = ("entry", "key", "now_ms")
+
+    def __init__(self, key: str, entry: Entry, now_ms: int) -> None:
+        self.key, self.entry, self.now_ms = key, entry, now_ms
 
 
 class Refresh(Step):

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from .backends.base import AsyncStore, Store
+from .backends.base import AsyncPublisher, AsyncStore, Publisher, Store
 
-__all__ = ["Face", "StoreContract"]
+__all__ = ["Face", "PublisherContract", "StoreContract"]
 
 #: Keys written by the scan test that spans pages: more than two SCAN calls' worth.
 MANY_KEYS = 2500
@@ -372,3 +372,50 @@ class StoreContract:
         face.add(p + "lease", b"old", 0.02)
         _wait_gone(face, p + "lease")
         assert face.add(p + "lease", b"new", 60.0) is True
+
+
+class PublisherContract:
+    """What a store that carries local tiers must do (:class:`~cachelayer.backends.
+    Publisher`): subclass it next to :class:`StoreContract` with the same ``store``
+    fixture. Each test uses a channel of its own."""
+
+    @pytest.fixture
+    def channel(self) -> str:
+        """A fresh channel name."""
+        return f"ct{uuid.uuid4().hex[:10]}:purge"
+
+    def test_faces_implement_the_publisher_protocols(self, store: Store) -> None:
+        """The sync face publishes and subscribes; the async face publishes."""
+        assert isinstance(store, Publisher)
+        assert isinstance(store.asynchronous(), AsyncPublisher)
+
+    @pytest.mark.parametrize("use_async", [False, True])
+    def test_published_messages_arrive_in_order(
+        self, store: Store, channel: str, use_async: bool
+    ) -> None:
+        """A confirmed subscription receives every later message, in order, exactly;
+        ``publish`` counts the subscriber (sync and async faces)."""
+        assert isinstance(store, Publisher)
+        subscription = store.subscribe(channel)
+        face = Face(store, use_async, channel)
+        try:
+            assert subscription.receive(0.01) is None
+            assert face.publish(channel, b"\x00one") == 1
+            assert face.publish(channel, b"two") == 1
+            got = [subscription.receive(2.0), subscription.receive(2.0)]
+            assert got == [b"\x00one", b"two"]
+            assert face.publish(channel + "x", b"elsewhere") == 0
+            assert subscription.receive(0.05) is None
+        finally:
+            subscription.close()
+            face.finish()
+
+    def test_a_closed_subscription_is_not_counted(self, store: Store, channel: str) -> None:
+        """After ``close`` the subscriber no longer receives (publish counts 0)."""
+        assert isinstance(store, Publisher)
+        subscription = store.subscribe(channel)
+        subscription.close()
+        deadline = time.monotonic() + 5
+        while store.publish(channel, b"x") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store.publish(channel, b"x") == 0

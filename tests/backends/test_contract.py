@@ -8,7 +8,7 @@ import pytest
 
 from cachelayer.backends import MemoryStore, Store
 from cachelayer.backends.redis import RedisStore
-from cachelayer.testing_contract import StoreContract
+from cachelayer.testing_contract import PublisherContract, StoreContract
 
 
 class TestMemoryStore(StoreContract):
@@ -18,7 +18,7 @@ class TestMemoryStore(StoreContract):
         return MemoryStore()
 
 
-class TestRedisStore(StoreContract):
+class TestRedisStore(StoreContract, PublisherContract):
     """The Redis store, on the suite's server (generous timeouts: a busy machine)."""
 
     @pytest.fixture

@@ -29,7 +29,7 @@ from cachelayer.backends import Store, store_from_url
 from cachelayer.backends.sentinel import SentinelStore
 from cachelayer.errors import ConfigurationError
 from cachelayer.testing import RedisServer, find_server_binary, free_port
-from cachelayer.testing_contract import StoreContract
+from cachelayer.testing_contract import PublisherContract, StoreContract
 
 from ._cache_e2e import CacheEndToEnd
 
@@ -140,7 +140,7 @@ def _store(url: str) -> SentinelStore:
     return SentinelStore(url, socket_timeout=2.0, connect_timeout=2.0)
 
 
-class TestSentinelStore(StoreContract):
+class TestSentinelStore(StoreContract, PublisherContract):
     """The contract suite on the primary the sentinels name, sync and async faces."""
 
     @pytest.fixture

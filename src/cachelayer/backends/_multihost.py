@@ -299,5 +299,9 @@ class AsyncClientStore:
                 count += int(await client.unlink(*batch))
         return count
 
+    @_busy_aware
+    async def publish(self, channel: str, message: bytes) -> int:
+        return int(await self.clients.get().execute_command("PUBLISH", channel, message))
+
     async def close(self) -> None:
         await self.clients.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["AsyncStore", "Store", "SyncAsAsync"]
+__all__ = ["AsyncPublisher", "AsyncStore", "Publisher", "Store", "Subscription", "SyncAsAsync"]
 
 #: One write: (key, value, ttl seconds or None).
 Item = tuple[str, bytes, "float | None"]
@@ -151,6 +151,52 @@ class AsyncStore(Protocol):
     def scan(self, pattern: str) -> AsyncIterator[str]: ...
     async def clear(self, prefix: str) -> int: ...
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A live subscription to one channel (``Publisher.subscribe``)."""
+
+    def receive(self, timeout: float) -> bytes | None:
+        """The next message published on the channel, or ``None`` when none came within
+        ``timeout`` seconds.
+
+        Raises:
+            the store's failures (``OSError``, ``failures``): the subscription is lost
+            (messages may have been missed); close it and subscribe again.
+        """
+        ...
+
+    def close(self) -> None:
+        """Unsubscribe and release the connection."""
+        ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """A store that can broadcast messages to every process (the local tier's purges).
+
+    Optional: a store without it works, but cannot carry ``Cache(local=...)``.
+    """
+
+    def publish(self, channel: str, message: bytes) -> int:
+        """Send ``message`` to every subscriber of ``channel``; return how many got it.
+
+        Returns only once the message is on its way to every current subscriber.
+        """
+        ...
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Subscribe to ``channel``; returns once the subscription is confirmed, so every
+        message published after the return is received, in order."""
+        ...
+
+
+@runtime_checkable
+class AsyncPublisher(Protocol):
+    """Asyncio face of :class:`Publisher` (publishing only: subscribers are threads)."""
+
+    async def publish(self, channel: str, message: bytes) -> int: ...
 
 
 class SyncAsAsync:

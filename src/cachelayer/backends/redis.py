@@ -35,13 +35,13 @@ from urllib.parse import urlsplit
 from .._redact import redact_url
 from ..errors import ConfigurationError, StoreBusy
 from ._perloop import PerLoop
-from .base import AsyncStore, Item
+from .base import AsyncStore, Item, Subscription
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["AsyncRedisStore", "RedisStore"]
+__all__ = ["AsyncRedisStore", "RedisStore", "RedisSubscription"]
 
 DEFAULT_SOCKET_TIMEOUT = 0.1
 DEFAULT_CONNECT_TIMEOUT = 0.1
@@ -424,6 +424,12 @@ class RedisStore:
                 count += self.client.unlink(*batch)
         return count
 
+    def publish(self, channel: str, message: bytes) -> int:
+        return int(self._cmd("PUBLISH", channel, message))
+
+    def subscribe(self, channel: str) -> Subscription:
+        return RedisSubscription(self.client, channel)
+
     def close(self) -> None:
         self.get_connections.close()
         if self._owns_client:
@@ -431,6 +437,67 @@ class RedisStore:
 
     def asynchronous(self) -> AsyncStore:
         return self._async
+
+
+class RedisSubscription:
+    """A confirmed subscription to one channel, on a connection of its own.
+
+    A subscription that hears nothing is checked: after ``heartbeat`` seconds of silence
+    it sends a ``PING``; after three heartbeats without any reply it reports itself lost
+    (a half-open connection would otherwise look like a quiet channel forever).
+
+    Args:
+        client: the redis-py client whose pool lends the connection.
+        channel: the channel to subscribe to.
+        heartbeat: seconds of silence before a ``PING``.
+        confirm_timeout: seconds to wait for the server's confirmation.
+
+    Raises:
+        redis.RedisError, OSError: the subscription could not be made.
+    """
+
+    def __init__(
+        self, client: Any, channel: str, heartbeat: float = 1.0, confirm_timeout: float = 2.0
+    ) -> None:
+        self._pubsub = client.pubsub()
+        self._heartbeat = heartbeat
+        self._errors = _import_redis()
+        try:
+            self._pubsub.subscribe(channel)
+            deadline = time.monotonic() + confirm_timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._errors.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
+                reply = self._pubsub.get_message(timeout=left)
+                if reply is not None and reply["type"] == "subscribe":
+                    break
+        except BaseException:
+            self._pubsub.close()
+            raise
+        self._seen = self._pinged = time.monotonic()
+
+    def receive(self, timeout: float) -> bytes | None:
+        reply = self._pubsub.get_message(timeout=timeout)
+        now = time.monotonic()
+        if reply is not None:
+            self._seen = now
+            if reply["type"] == "message":
+                data: bytes = reply["data"]
+                return data
+            return None
+        silent = now - self._seen
+        if silent > 3 * self._heartbeat:
+            raise self._errors.ConnectionError(
+                f"subscription silent for {silent:.1f} s, PING unanswered"
+            )
+        if silent > self._heartbeat and now - self._pinged > self._heartbeat:
+            self._pubsub.ping()
+            self._pinged = now
+        return None
+
+    def close(self) -> None:
+        self._pubsub.close()
 
 
 def _multiplexer_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -607,6 +674,9 @@ class AsyncRedisStore:
             if batch:
                 count += int(await here.execute("UNLINK", *batch))
         return count
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        return int(await self.clients.get().execute("PUBLISH", channel, message))
 
     async def close(self) -> None:
         await self.clients.close()

@@ -1,0 +1,297 @@
+"""The local tier against a real Redis: hits, purges from other Caches (as other
+processes would send them) for every kind of invalidation, sync and async; the racing
+read; a lost channel; and the multi-process coherence run (bench/bench_local.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cachelayer import Cache, ConfigurationError, LocalTier
+from cachelayer._local import MISSING
+from cachelayer.testing import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``check`` until it holds (bounded): purges arrive asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+@pytest.fixture
+def pair(redis_url: str) -> Iterator[tuple[Cache, Cache]]:
+    """Two Caches on one namespace, each with its own tier and subscription."""
+    ns = f"lt{uuid.uuid4().hex[:8]}"
+    a = Cache(redis_url, namespace=ns, local={"max_entries": 100, "max_ttl": 30})
+    b = Cache(redis_url, namespace=ns, local={"max_entries": 100, "max_ttl": 30})
+    assert a.wait_local(5)
+    assert b.wait_local(5)
+    yield a, b
+    a.clear()
+    a.close()
+    b.close()
+
+
+def held(cache: Cache, key: str) -> bool:
+    assert cache.local is not None
+    return cache.local.get(cache.engine.keys.full(key)) is not MISSING
+
+
+def test_get_is_served_locally_after_one_store_read(pair: tuple[Cache, Cache]) -> None:
+    """The first get reads the store and keeps the value; the next is a local hit
+    returning the same object."""
+    a, _ = pair
+    a.set("k", {"n": 1})
+    first = a.get("k")
+    assert held(a, "k")
+    assert a.get("k") is first
+    assert a.stats.local_hits == 1
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda c: c.set("k", {"n": 2}),
+        lambda c: c.delete("k"),
+        lambda c: c.delete_many(["k", "other"]),
+        lambda c: c.set_many({"k": {"n": 2}}),
+        lambda c: c.clear(),
+    ],
+    ids=["set", "delete", "delete_many", "set_many", "clear"],
+)
+def test_writes_elsewhere_purge_this_tier(pair: tuple[Cache, Cache], write: Callable) -> None:
+    """Every kind of write in another process drops the key from this one's tier."""
+    a, b = pair
+    a.set("k", {"n": 1})
+    a.get("k")
+    assert held(a, "k")
+    write(b)
+    assert eventually(lambda: not held(a, "k"))
+    assert a.get("k") in (None, {"n": 2})
+
+
+def test_own_writes_are_read_at_once(pair: tuple[Cache, Cache]) -> None:
+    """A process reads its own write immediately (its tier is purged in the call)."""
+    a, _ = pair
+    a.set("k", 1)
+    a.get("k")
+    a.set("k", 2)
+    assert a.get("k") == 2
+    a.delete("k")
+    assert a.get("k") is None
+
+
+def test_decorated_tags_purge_across_processes(pair: tuple[Cache, Cache]) -> None:
+    """A tag invalidated elsewhere drops every local entry carrying it; others stay."""
+    a, b = pair
+    loads: list[int] = []
+
+    @a.cached(key="u:{i}", tags=["user:{i}"])
+    def user(i: int) -> dict[str, int]:
+        loads.append(i)
+        return {"i": i, "load": len(loads)}
+
+    for _ in range(3):
+        user(1), user(2)
+    assert loads == [1, 2]
+    assert a.stats.local_hits >= 2
+    b.invalidate_tags("user:1")
+    assert eventually(lambda: not held(a, "u:1"))
+    assert held(a, "u:2")
+    assert user(1)["load"] == 3
+    assert user(2)["load"] == 2
+
+
+def test_decorated_invalidate_purges_other_processes(pair: tuple[Cache, Cache]) -> None:
+    """fn.invalidate in one process drops the entry from another's tier."""
+    a, b = pair
+
+    @a.cached(key="p:{i}")
+    def fa(i: int) -> str:
+        return "a"
+
+    @b.cached(key="p:{i}")
+    def fb(i: int) -> str:
+        return "b"
+
+    fa(1), fa(1)
+    assert held(a, "p:1")
+    fb.invalidate(1)
+    assert eventually(lambda: not held(a, "p:1"))
+
+
+def test_async_faces_use_and_purge_the_tier(pair: tuple[Cache, Cache]) -> None:
+    """aget, an async decorated function and every async write behave as the sync ones."""
+    a, b = pair
+
+    async def scenario() -> None:
+        await a.aset("k", 1)
+        assert await a.aget("k") == 1
+        assert held(a, "k")
+        await b.aset("k", 2)
+        assert eventually(lambda: not held(a, "k"))
+        assert await a.aget("k") == 2
+
+        calls: list[int] = []
+
+        @a.cached(key="ak:{i}", tags=["t:{i}"])
+        async def load(i: int) -> int:
+            calls.append(i)
+            return len(calls)
+
+        assert [await load(1) for _ in range(3)] == [1, 1, 1]
+        assert held(a, "ak:1")
+        await b.ainvalidate_tags("t:1")
+        assert eventually(lambda: not held(a, "ak:1"))
+        assert await load(1) == 2
+        await load(1)
+        await b.adelete_many(["ak:1"])
+        assert eventually(lambda: not held(a, "ak:1"))
+        await a.aget("k")
+        await b.aclear()
+        assert eventually(lambda: not held(a, "k"))
+        await a.aset_many({"m": 1})
+        await a.aget("m")
+        await b.adelete("m")
+        assert eventually(lambda: not held(a, "m"))
+
+    asyncio.run(scenario())
+
+
+def test_a_read_racing_an_invalidation_is_not_kept(pair: tuple[Cache, Cache]) -> None:
+    """Step by step: a read starts, another process writes, the purge arrives, the read
+    finishes with the old value -- which is returned but not kept."""
+    a, b = pair
+    assert a.local is not None
+    a.set("k", "old")
+    key = a.engine.keys.full("k")
+    since = a.local.seq  # taken before the store read, as the read path does
+    raw = a.store.get(key)
+    seq = a.local.seq
+    b.set("k", "new")
+    assert eventually(lambda: a.local is not None and a.local.seq > seq)
+    entry = a.engine.decode(raw, key=key)
+    assert entry is not None
+    assert entry.value == "old"
+    assert not a.local.keep_entry(key, entry, a.engine.now_ms(), since)
+    assert a.get("k") == "new"
+
+
+def test_a_writer_without_a_tier_publishes_when_asked(redis_url: str) -> None:
+    """publish_invalidations=True makes a tier-less process purge the others; by default
+    a Cache without a tier publishes nothing."""
+    ns = f"lt{uuid.uuid4().hex[:8]}"
+    reader = Cache(redis_url, namespace=ns, local={})
+    quiet = Cache(redis_url, namespace=ns)
+    loud = Cache(redis_url, namespace=ns, publish_invalidations=True)
+    try:
+        assert reader.wait_local(5)
+        reader.set("k", 1)
+        reader.get("k")
+        quiet.set("k", 2)
+        time.sleep(0.05)
+        assert held(reader, "k")  # never told: served until max_ttl or its freshness
+        loud.set("k", 3)
+        assert eventually(lambda: not held(reader, "k"))
+        assert reader.get("k") == 3
+    finally:
+        reader.clear()
+        for c in (reader, quiet, loud):
+            c.close()
+
+
+def test_a_lost_channel_flushes_the_tier_until_it_is_back() -> None:
+    """Killing the subscription flushes and disables the tier; a write made while it is
+    down is never served stale; the tier serves again once resubscribed."""
+    with RedisServer() as server:
+        ns = "lost"
+        a = Cache(server.url, namespace=ns, local={"max_ttl": 30})
+        b = Cache(server.url, namespace=ns)  # writes without publishing: a's channel is down
+        try:
+            assert a.wait_local(5)
+            assert a.local is not None
+            a.set("k", "old")
+            a.get("k")
+            assert held(a, "k")
+            admin = redis.Redis.from_url(server.url)
+            admin.client_kill_filter(_type="pubsub")
+            # the loss flushes the tier (then it resubscribes at once, empty)
+            assert eventually(lambda: a.local is not None and a.local.purged >= 1)
+            assert not held(a, "k")
+            b.set("k", "new")
+            assert a.get("k") == "new"
+            assert a.wait_local(10)
+            assert a.get("k") == "new"
+            assert held(a, "k")
+            assert a.get("k") == "new"
+            admin.close()
+        finally:
+            a.close()
+            b.close()
+
+
+def test_close_stops_the_subscriber_and_disables_the_tier(redis_url: str) -> None:
+    """close() (and aclose()) stop the thread; the tier is flushed and off."""
+    ns = f"lt{uuid.uuid4().hex[:8]}"
+    for use_async in (False, True):
+        c = Cache(redis_url, namespace=ns, local=LocalTier(max_entries=10))
+        assert c.wait_local(5)
+        assert c.local is not None
+        c.set("k", 1)
+        c.get("k")
+        if use_async:
+            asyncio.run(c.aclose())
+        else:
+            c.close()
+        assert not c.local.enabled
+        assert len(c.local) == 0
+
+
+def test_local_needs_a_publishing_store() -> None:
+    """memory:// (already in-process) and publish_invalidations=False are refused."""
+    with pytest.raises(ConfigurationError, match="memory:// is in-process"):
+        Cache("memory://", local={})
+    with pytest.raises(ConfigurationError, match="publish"):
+        Cache("memory://", publish_invalidations=True)
+    with pytest.raises(ConfigurationError, match="needs publish_invalidations"):
+        Cache("redis://127.0.0.1:1/0", local={}, publish_invalidations=False)
+
+
+def test_processes_see_no_stale_value_after_the_window(redis_url: str) -> None:
+    """Three spawned reader processes (one async) reading through their tiers while this
+    process writes: no read starting 1 s after a write returned sees an older value
+    (bench/bench_local.py coherence; it prints the timings)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_local.py"),
+            "coherence",
+            "--quick",
+            "--redis-url",
+            redis_url,
+            "--writes",
+            "30",
+            "--idle",
+            "0.01",  # light readers: the suite's other tests share the CPUs
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"stale_after_window": 0' in done.stdout
