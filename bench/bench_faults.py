@@ -9,7 +9,7 @@ For each fault (Redis stopped, then restarted empty; Redis frozen with SIGSTOP, 
 resumed with SIGCONT) and each face (N coroutines in one event loop; N threads), callers
 call a cached function over 200 keys for ``--healthy`` seconds, then the fault lasts
 ``--fault`` seconds, then they go on for ``--after`` seconds. Every Cache setting is the
-default (100 ms timeouts, breaker: 5 failures, 5 s cooldown). Per run: calls, calls that
+default (250 ms timeouts, breaker: 5 failures, 5 s cooldown). Per run: calls, calls that
 raised (caller-visible errors), loader calls (database load), p99 and max latency of a
 call during the fault, and recovery: seconds from the fault's end to the first cache hit.
 

@@ -70,7 +70,7 @@ def test_url_query_overrides_timeouts(redis_url: str) -> None:
     """socket_timeout in the URL wins over the default, and defaults are short."""
     default = RedisStore(redis_url)
     tuned = RedisStore(redis_url + "?socket_timeout=1.5")
-    assert default._pool.connection_kwargs["socket_timeout"] == 0.1
+    assert default._pool.connection_kwargs["socket_timeout"] == 0.25
     assert tuned._pool.connection_kwargs["socket_timeout"] == 1.5
     retry = default._pool.connection_kwargs["retry"]
     assert getattr(retry, "get_retries", lambda: retry._retries)() == 0  # redis-py 5.0: none

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRedisStore", "RedisStore", "RedisSubscription"]
 
-DEFAULT_SOCKET_TIMEOUT = 0.1
-DEFAULT_CONNECT_TIMEOUT = 0.1
+DEFAULT_SOCKET_TIMEOUT = 0.25
+DEFAULT_CONNECT_TIMEOUT = 0.25
 #: Connections of each kind (GET's own, and redis-py's pool for the rest) per process.
 DEFAULT_MAX_CONNECTIONS = 128
 #: Seconds a thread waits for a free connection before its call fails open (StoreBusy).
