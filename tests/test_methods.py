@@ -143,3 +143,54 @@ def test_a_function_nested_in_a_function_is_not_a_method(cache: Cache) -> None:
     assert nested.invalidate(5) is True
     with pytest.raises(TypeError):
         nested.invalidate()  # type: ignore[call-arg]
+
+
+def test_automatic_keys_keep_tenants_subclasses_and_static_arguments_apart(
+    cache: Cache,
+) -> None:
+    """From review: an instance with __cache_key__ (a tenant), a subclass inheriting a
+    method, a classmethod's cls and a staticmethod's first argument all enter the key;
+    dropping them served one caller another's value."""
+
+    class Repo:
+        def __init__(self, tenant: str) -> None:
+            self.tenant = tenant
+
+        def __cache_key__(self) -> str:
+            return self.tenant
+
+        @cache.cached(ttl=60)
+        def item(self, item_id: int) -> str:
+            return f"{self.tenant}:{item_id}"
+
+    assert Repo("a").item(1) == "a:1"
+    assert Repo("b").item(1) == "b:1"
+
+    class Base:
+        prefix = "base"
+
+        @cache.cached(ttl=60)
+        def load(self, n: int) -> str:
+            return f"{self.prefix}:{n}"
+
+        @cache.cached(ttl=60)
+        @classmethod
+        def make(cls, n: int) -> str:
+            return f"{cls.__name__}:{n}"
+
+    class Sub(Base):
+        prefix = "sub"
+
+    assert Base().load(1) == "base:1"
+    assert Sub().load(1) == "sub:1"
+    assert Base.make(1) == "Base:1"
+    assert Sub.make(1) == "Sub:1"
+
+    class Calc:
+        @staticmethod
+        @cache.cached(ttl=60)
+        def double(n: int) -> int:
+            return n * 2
+
+    assert Calc.double(1) == 2
+    assert Calc.double(2) == 4

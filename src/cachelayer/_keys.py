@@ -257,6 +257,17 @@ def _template_fields(template: str) -> list[str]:
     return fields
 
 
+def _owner(name: str, owner: Any) -> str:
+    """How a method's ``self`` or ``cls`` enters an automatic key: its class always (a
+    subclass that inherits the method must not share its base's entries), and the
+    instance itself when its class says how (``__cache_key__``)."""
+    cls = owner if isinstance(owner, type) else type(owner)
+    mark = name + "=!T" + escape(f"{cls.__module__}.{cls.__qualname__}")
+    if not isinstance(owner, type) and callable(getattr(owner, "__cache_key__", None)):
+        mark += "!" + render(owner, name)
+    return mark + ";"
+
+
 def call_key_function(
     func: Callable[..., Any], key: str | Callable[..., str] | None, skip: int = 0
 ) -> Callable[[tuple[Any, ...], Mapping[str, Any]], str]:
@@ -308,7 +319,10 @@ def call_key_function(
 
         def auto_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
             values = bind(args, kwargs)
-            return head + ",".join(f"{n}={render(values[n], n)}" for n in keyed)
+            rendered = ",".join(f"{n}={render(values[n], n)}" for n in keyed)
+            if skip:
+                return head + _owner(names[0], values[names[0]]) + rendered
+            return head + rendered
 
         return auto_key
 

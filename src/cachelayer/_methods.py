@@ -7,9 +7,11 @@ class body is wrapped in :class:`CachedMethod`, a descriptor: on an instance it 
 :class:`BoundCached` whose ``__call__``, ``invalidate``, ``key``, ``warm``, ... all pass
 the instance first, as a bound method does; on the class it gives the plain function.
 
-``self`` (or ``cls``) does not enter an automatic key: every instance shares the entries
-of a call, as a repository or service object usually means. A template that names
-``{self}`` puts it in the key (its class then needs a ``__cache_key__()`` method).
+An automatic key names the class of ``self`` (or ``cls``), so a subclass that inherits
+a method never shares its base's entries, and names the instance itself when its class
+defines ``__cache_key__()`` (a tenant's repository keys per tenant); other instances of a
+class share a call's entries. A template names only what it says: ``{self}`` puts the
+instance in (through ``__cache_key__()``).
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ __all__ = ["BoundCached", "CachedMethod", "looks_like_method"]
 
 
 def looks_like_method(func: Any) -> bool:
-    """Was ``func`` defined in a class body, with a first parameter to bind?"""
+    """Was ``func`` defined in a class body, with a first parameter named ``self`` (or
+    ``cls``) to bind? (A staticmethod's first parameter is an argument like any other:
+    it must stay in the key, so the name decides, not the position.)"""
     owner, _, _ = getattr(func, "__qualname__", "").rpartition(".")
     if not owner or owner.endswith("<locals>"):
         return False
     params = list(inspect.signature(func).parameters.values())
-    return bool(params) and params[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    return (
+        bool(params)
+        and params[0].name in ("self", "cls")
+        and params[0].kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     )
 
 
