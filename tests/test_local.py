@@ -225,3 +225,37 @@ def test_apply_dispatches_each_kind() -> None:
     assert t.get("c") == "v"
     apply(t, b"not json")
     assert len(t) == 0
+
+
+def test_a_purge_naming_more_than_it_remembers_is_a_flush() -> None:
+    """From review: a huge purge (a forged 300k-name message, or a big delete_many) was
+    trimmed in quadratic time under the tier's lock; now it flushes at once."""
+    t = tier()
+    since = t.seq
+    assert keep(t, "k")
+    t.invalidate(keys=[f"x{i}" for i in range(RECENT * 20)])
+    assert t.get("k") is MISSING
+    assert not keep(t, "late", since=since)
+
+
+def test_a_malformed_message_is_a_purge_of_everything() -> None:
+    """Deep nesting (a RecursionError in the parser) reads as 'purge everything', never
+    as an error that stops the subscriber."""
+    assert parse(b"[" * 100_000 + b"]" * 100_000)[0] == EVERYTHING
+    t = tier()
+    assert keep(t, "k")
+    apply(t, b"[" * 100_000 + b"]" * 100_000)
+    assert t.get("k") is MISSING
+    assert t.enabled
+
+
+def test_a_forked_child_never_serves_the_parents_tier() -> None:
+    """In a forked child no purge reaches the parent's tier: it is flushed and stays off,
+    even if something enables it again."""
+    t = tier()
+    assert keep(t, "k")
+    t.forked()
+    assert t.get("k") is MISSING
+    t.enable()
+    assert not t.enabled
+    assert not keep(t, "k")

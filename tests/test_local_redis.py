@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cachelayer import Cache, ConfigurationError, LocalTier
+from cachelayer import Cache, ConfigurationError, LocalTier, StoreUnavailable
 from cachelayer._local import MISSING
 from cachelayer.testing import RedisServer
 
@@ -295,3 +295,39 @@ def test_processes_see_no_stale_value_after_the_window(redis_url: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"stale_after_window": 0' in done.stdout
+
+
+def test_one_tier_cannot_serve_two_caches(redis_url: str) -> None:
+    """From review: a LocalTier given to two Caches was turned off for both when one
+    closed, while wait_local() said it served. A tier follows one Cache."""
+    shared = LocalTier(max_entries=10)
+    first = Cache(redis_url, namespace=f"lt{uuid.uuid4().hex[:8]}", local=shared)
+    with pytest.raises(ConfigurationError, match="already serves another Cache"):
+        Cache(redis_url, namespace=f"lt{uuid.uuid4().hex[:8]}", local=shared)
+    first.close()
+
+
+def test_a_write_that_raises_still_purges_this_process(private_redis: RedisServer) -> None:
+    """From review: with on_error="raise", a set the store refused (or whose reply timed
+    out) skipped the purge, and this process kept serving the value it may have replaced.
+    (A user that may read and subscribe but not run the write's script stands for it.)"""
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.execute_command(
+        "ACL", "SETUSER", "nowrite", "reset", "on", ">pw", "~*", "&*", "+@all", "-evalsha",
+        "-eval",
+    )  # fmt: skip
+    writer = Cache(private_redis.url, namespace="ltraise")
+    writer.set("k", "v1")
+    url = f"redis://nowrite:pw@127.0.0.1:{private_redis.port}/0"
+    cache = Cache(url, namespace="ltraise", local={"max_entries": 10}, on_error="raise")
+    assert cache.wait_local(5)
+    assert cache.get("k") == "v1"
+    assert held(cache, "k")
+    with pytest.raises(StoreUnavailable):
+        cache.set("k", "v2")
+    assert cache.local is not None
+    assert cache.local.enabled  # the channel is still up: the purge, not a loss, dropped it
+    assert not held(cache, "k")
+    cache.close()
+    writer.close()
+    admin.close()

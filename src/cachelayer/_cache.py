@@ -289,16 +289,12 @@ class Cache:
             StoreUnavailable: only with ``on_error="raise"``.
         """
         step = self._set_step(key, value, ttl)
-        self.engine.call(step, self.engine.raise_errors)
-        if self.engine.purges:
-            self.engine.purge(KEYS, [step.key])
+        self.engine.write(step, KEYS, [step.key])
 
     async def aset(self, key: str, value: Any, ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for asyncio code."""
         step = self._set_step(key, value, ttl)
-        await self.engine.acall(step, self.engine.raise_errors)
-        if self.engine.purges:
-            await self.engine.apurge(KEYS, [step.key])
+        await self.engine.awrite(step, KEYS, [step.key])
 
     def _set_many_step(self, mapping: Mapping[str, Any], ttl: TtlSpec) -> SetMany:
         items, void = [], []
@@ -311,16 +307,12 @@ class Cache:
     def set_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set`` for each item (each with its own jitter); one round trip."""
         step = self._set_many_step(mapping, ttl)
-        self.engine.call(step, self.engine.raise_errors)
-        if self.engine.purges:
-            self.engine.purge(KEYS, [key for key, _, _ in step.items])
+        self.engine.write(step, KEYS, [key for key, _, _ in step.items])
 
     async def aset_many(self, mapping: Mapping[str, Any], ttl: TtlSpec = DEFAULT) -> None:
         """``set_many`` for asyncio code."""
         step = self._set_many_step(mapping, ttl)
-        await self.engine.acall(step, self.engine.raise_errors)
-        if self.engine.purges:
-            await self.engine.apurge(KEYS, [key for key, _, _ in step.items])
+        await self.engine.awrite(step, KEYS, [key for key, _, _ in step.items])
 
     def _delete_step(self, keys: Iterable[str]) -> Delete:
         return self.engine.delete_step(self.engine.keys.full(key) for key in keys)
@@ -332,17 +324,13 @@ class Cache:
         ``invalidation_errors`` and logged at WARNING: the old value may live to its TTL.
         """
         step = self._delete_step([key])
-        result = self.engine.call(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            self.engine.purge(KEYS, step.keys[::2])
+        result = self.engine.write(step, KEYS, step.keys[::2], True)
         return result is not FAILED and result > 0
 
     async def adelete(self, key: str) -> bool:
         """``delete`` for asyncio code."""
         step = self._delete_step([key])
-        result = await self.engine.acall(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            await self.engine.apurge(KEYS, step.keys[::2])
+        result = await self.engine.awrite(step, KEYS, step.keys[::2], True)
         return result is not FAILED and result > 0
 
     #: ``invalidate(key)``: the same as ``delete``, named for the write path.
@@ -352,17 +340,13 @@ class Cache:
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for each key in one step; returns how many store keys existed."""
         step = self._delete_step(keys)
-        result = self.engine.call(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            self.engine.purge(KEYS, step.keys[::2])
+        result = self.engine.write(step, KEYS, step.keys[::2], True)
         return 0 if result is FAILED else int(result)
 
     async def adelete_many(self, keys: Iterable[str]) -> int:
         """``delete_many`` for asyncio code."""
         step = self._delete_step(keys)
-        result = await self.engine.acall(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            await self.engine.apurge(KEYS, step.keys[::2])
+        result = await self.engine.awrite(step, KEYS, step.keys[::2], True)
         return 0 if result is FAILED else int(result)
 
     def invalidate_tags(self, *tags: str) -> bool:
@@ -376,20 +360,16 @@ class Cache:
         if not tags:
             return True
         step = self.engine.invalidate_tags_step(tags)
-        done = self.engine.call(step, self.engine.raise_errors, True) is not FAILED
-        if self.engine.purges:
-            self.engine.purge(TAGS, [key for key, _, _ in step.items])
-        return done
+        tag_keys = [key for key, _, _ in step.items]
+        return self.engine.write(step, TAGS, tag_keys, True) is not FAILED
 
     async def ainvalidate_tags(self, *tags: str) -> bool:
         """``invalidate_tags`` for asyncio code."""
         if not tags:
             return True
         step = self.engine.invalidate_tags_step(tags)
-        done = await self.engine.acall(step, self.engine.raise_errors, True) is not FAILED
-        if self.engine.purges:
-            await self.engine.apurge(TAGS, [key for key, _, _ in step.items])
-        return done
+        tag_keys = [key for key, _, _ in step.items]
+        return await self.engine.awrite(step, TAGS, tag_keys, True) is not FAILED
 
     def invalidate_after_commit(
         self,
@@ -643,17 +623,13 @@ class Cache:
     def clear(self) -> int:
         """Delete every entry of this namespace and version; returns how many."""
         step = Clear(self.engine.keys.prefix)
-        result = self.engine.call(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            self.engine.purge(EVERYTHING)
+        result = self.engine.write(step, EVERYTHING, (), True)
         return 0 if result is FAILED else int(result)
 
     async def aclear(self) -> int:
         """``clear`` for asyncio code."""
         step = Clear(self.engine.keys.prefix)
-        result = await self.engine.acall(step, self.engine.raise_errors, True)
-        if self.engine.purges:
-            await self.engine.apurge(EVERYTHING)
+        result = await self.engine.awrite(step, EVERYTHING, (), True)
         return 0 if result is FAILED else int(result)
 
     # -- locks -----------------------------------------------------------------------------

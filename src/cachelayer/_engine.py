@@ -11,6 +11,7 @@ class offers. The import graph goes one way: faces -> engine -> runner -> stores
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,7 @@ from ._policy import TtlPolicy
 from ._purge import KEYS, TAGS, message
 from ._runner import StoreRunner
 from ._stats import RateLimitedLog, Stats
-from ._steps import Broadcast, Delete, SetMany
+from ._steps import Broadcast, Delete, SetMany, StoreStep
 from .errors import DecodeError
 
 __all__ = ["LEASE_SUFFIX", "Engine", "lease_key"]
@@ -218,6 +219,38 @@ class Engine:
         if self.purge_channel is None:
             return None
         return Broadcast(self.purge_channel, message(kind, names, self.origin))
+
+    def write(
+        self, step: StoreStep, kind: str, names: Sequence[str], invalidating: bool = False
+    ) -> Any:
+        """Run a write or invalidation step, then purge what it touched -- also when the
+        step raised (``on_error="raise"``): a timeout does not mean the write did not land,
+        and this process must not keep serving what it may have replaced."""
+        try:
+            result = self.call(step, self.raise_errors, invalidating)
+        except BaseException:
+            if self.purges:
+                with contextlib.suppress(Exception):  # the step's own error goes first
+                    self.purge(kind, names)
+            raise
+        if self.purges:
+            self.purge(kind, names)
+        return result
+
+    async def awrite(
+        self, step: StoreStep, kind: str, names: Sequence[str], invalidating: bool = False
+    ) -> Any:
+        """``write`` for asyncio code."""
+        try:
+            result = await self.acall(step, self.raise_errors, invalidating)
+        except BaseException:
+            if self.purges:
+                with contextlib.suppress(Exception):
+                    await self.apurge(kind, names)
+            raise
+        if self.purges:
+            await self.apurge(kind, names)
+        return result
 
     def purge(self, kind: str, names: Sequence[str] = ()) -> None:
         """After an invalidation's store step: drop what it touched from this process's

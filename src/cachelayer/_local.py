@@ -25,9 +25,11 @@ hits take no lock. bench/bench_local.py compares its hit ratio with plain LRU.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,18 @@ MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 #: Invalidated names remembered to refuse a concurrent reader's insert.
 RECENT = 4096
+
+# Every tier of the process, to turn off in a forked child.
+_TIERS: weakref.WeakSet[LocalTier] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tier in list(_TIERS):
+        tier.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 #: Bookkeeping per entry charged against ``max_bytes`` (slot, dict entry, key object).
 SLOT_OVERHEAD = 200
 _SMALL_SHARE = 0.1
@@ -242,11 +256,18 @@ class LocalTier:
         #: bumped by every invalidation; read it before a store read, pass it to keep()
         self.seq = 0
         self._floor = 0
-        self._recent: dict[str, int] = {}
+        # Names purged lately, oldest first (an OrderedDict: popping its front is O(1),
+        # where a dict's front fills with dead slots and each pop scans further).
+        self._recent: OrderedDict[str, int] = OrderedDict()
         #: serving and keeping values (only while the purge channel is subscribed)
         self.enabled = False
         self.refused = 0
         self.purged = 0
+        #: used by a Cache already (a tier follows one Cache's purge channel)
+        self.attached = False
+        #: this process was forked from the one that made the tier: it never serves
+        self._forked = False
+        _TIERS.add(self)
 
     @classmethod
     def from_option(cls, option: LocalTier | Mapping[str, Any]) -> LocalTier:
@@ -256,6 +277,12 @@ class LocalTier:
             ConfigurationError: an unknown setting or a bad value.
         """
         if isinstance(option, LocalTier):
+            if option.attached:
+                raise ConfigurationError(
+                    "this LocalTier already serves another Cache: give each Cache its own "
+                    "(a tier follows one purge channel; closing one Cache turns it off)"
+                )
+            option.attached = True
             return option
         if not isinstance(option, Mapping):
             raise ConfigurationError(f"local= takes a LocalTier or a dict, not {option!r}")
@@ -265,7 +292,9 @@ class LocalTier:
                 f"unknown local tier setting(s) {', '.join(sorted(unknown))} "
                 "(known: max_entries, max_bytes, max_ttl)"
             )
-        return cls(**option)
+        tier = cls(**option)
+        tier.attached = True
+        return tier
 
     def __len__(self) -> int:
         return len(self._data)
@@ -372,7 +401,12 @@ class LocalTier:
 
     def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
         """Drop ``keys`` and every entry carrying one of the tag keys ``tags``; refuse
-        the inserts of reads that began before this call."""
+        the inserts of reads that began before this call. A purge naming more names than
+        the tier remembers is a flush (cheaper, and just as safe)."""
+        keys, tags = list(keys), list(tags)
+        if len(keys) + len(tags) > RECENT:
+            self.flush()
+            return
         with self._lock:
             self.seq += 1
             seq = self.seq
@@ -388,8 +422,7 @@ class LocalTier:
                 recent.pop(tag, None)
                 recent[tag] = seq
             while len(recent) > RECENT:
-                oldest = next(iter(recent))
-                self._floor = max(self._floor, recent.pop(oldest))
+                self._floor = max(self._floor, recent.popitem(last=False)[1])
 
     def flush(self) -> None:
         """Drop everything; refuse the inserts of reads that began before this call."""
@@ -408,7 +441,15 @@ class LocalTier:
         """Start serving and keeping values (the purge channel is subscribed)."""
         with self._lock:
             self._reset()
-            self.enabled = True
+            self.enabled = not self._forked
+
+    def forked(self) -> None:
+        """In a forked child: the parent's subscriber thread did not come along, so no
+        purge would reach this copy; it is flushed and never serves again."""
+        self._forked = True
+        self._lock = threading.Lock()  # the parent's may have been held at the fork
+        self.enabled = False
+        self._reset()
 
     def disable(self) -> None:
         """Flush and stop keeping values (the purge channel is lost or closed)."""

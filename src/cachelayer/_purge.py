@@ -52,7 +52,9 @@ def message(kind: str, names: Iterable[str] = (), origin: str = "") -> bytes:
 
 def parse(raw: bytes) -> tuple[str, list[str], str]:
     """``(kind, names, origin)``; anything malformed reads as a purge of everything."""
-    try:
+    # Anything that does not parse -- RecursionError for deep nesting included -- is
+    # malformed, and a malformed message is a purge of everything.
+    with contextlib.suppress(Exception):
         kind, names, origin = json.loads(raw)
         if (
             kind in (KEYS, TAGS, EVERYTHING)
@@ -61,8 +63,6 @@ def parse(raw: bytes) -> tuple[str, list[str], str]:
             and isinstance(origin, str)
         ):
             return kind, names, origin
-    except (ValueError, TypeError):
-        pass
     return EVERYTHING, [], ""
 
 
@@ -151,8 +151,9 @@ class Subscriber:
                     exc,
                 )
             except Exception:
-                log.exception("cachelayer: the local tier is off: a purge failed")
-                self._stop.set()
+                # A message we could not apply: flush (the safe reading of any message)
+                # and listen again; never stop serving purges over one message.
+                log.exception("cachelayer: a purge message failed; local tier flushed")
             finally:
                 self._subscribed.clear()
                 self.tier.disable()
