@@ -186,3 +186,22 @@ def test_warm_with_the_store_down_counts_unavailable() -> None:
     result = d.warm(range(3))
     assert result.unavailable == 3
     cache.close()
+
+
+def test_a_failed_warm_load_gives_its_lease_back(cache: Cache) -> None:
+    """From review: a warm-up whose loader failed kept the key's lease, so the next warm
+    counted it busy and real callers waited lease_wait for a load nobody was doing."""
+    attempts: list[int] = []
+
+    @cache.cached(ttl=60, key="w:{i}")
+    def flaky(i: int) -> int:
+        attempts.append(i)
+        if len(attempts) == 1:
+            raise RuntimeError("boom")
+        return i
+
+    first = flaky.warm([1])
+    assert first.failed == 1
+    assert len(first.errors) == 1
+    again = flaky.warm([1])
+    assert (again.busy, again.loaded) == (0, 1)

@@ -37,6 +37,7 @@ from ._steps import (
     LOAD,
     Add,
     Delete,
+    DeleteIf,
     Fill,
     Flow,
     Get,
@@ -484,7 +485,13 @@ def _freshness(
     return value, engine.ttl.resolve(options.ttl), options.keep
 
 
-def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]) -> Flow:
+def refresh(
+    engine: Engine,
+    key: str,
+    options: ReadOptions,
+    tag_keys: Sequence[str],
+    release: bool = False,
+) -> Flow:
     """A background refresh: under a lease (one refresh across all processes), load and
     fill. Errors are counted and logged, never raised (nobody is waiting for them).
 
@@ -511,9 +518,13 @@ def refresh(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[s
         value, seconds, keep = _freshness(engine, value, options)
         payload = engine.encode(value, seconds, duration_ms, tags=_stamp(tokens), key=key)
     except Exception as exc:
-        # The lease stays until it expires: a failing loader is retried once per lease_ttl.
+        # A background refresh keeps the lease until it expires: a failing loader is
+        # retried once per lease_ttl. A warm-up (``release``) gives it back: callers must
+        # not wait on a load nobody is doing.
         stats.refresh_errors += 1
         engine.log_refresh_error(exc)
+        if release:
+            yield DeleteIf(lease, token)
         return FAILED_LOAD
     kept = None if seconds is None else seconds + keep
     filled = yield Fill(key, payload, kept, lease, token)
@@ -538,7 +549,7 @@ def warm(engine: Engine, key: str, options: ReadOptions, tag_keys: Sequence[str]
         entry = _usable(engine, key, raw, tokens, options)
         if entry is not None and not entry.negative:
             return FRESH_HIT
-    return (yield from refresh(engine, key, options, tag_keys))
+    return (yield from refresh(engine, key, options, tag_keys, release=True))
 
 
 def plain_get(engine: Engine, keys: Sequence[str]) -> Flow:
