@@ -30,7 +30,7 @@ from ._readpath import plain_get, read_through, warm
 from ._redact import redact_url
 from ._runner import StoreRunner
 from ._stats import Stats
-from ._steps import FAILED, Clear, Delete, Set, SetMany
+from ._steps import FAILED, Clear, Delete, Flow, Set, SetMany
 from ._warm import Job, Progress, WarmResult, run_async, run_sync
 from .backends import AsyncStore, Store, store_from_url
 from .backends.base import AsyncPublisher, Publisher
@@ -425,19 +425,10 @@ class Cache:
         ``cache_errors`` (type -> seconds) are cached and re-raised without a load. The
         other options are those of :meth:`cached`.
         """
-        options = self._options(
-            ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
+        value, flow = self._read(
+            key, ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tags
         )
-        e = self.engine
-        full = e.keys.full(key)
-        if e.local is not None:
-            value = e.local.get(full)
-            if value is not MISSING:
-                self.stats.hits += 1
-                self.stats.local_hits += 1
-                return value
-        tag_keys = [e.keys.tag(t) for t in tags]
-        return e.drive(read_through(e, full, options, tag_keys), loader)
+        return value if flow is None else self.engine.drive(flow, loader)
 
     @overload
     async def aget_or_load(
@@ -476,6 +467,22 @@ class Cache:
         tags: Sequence[str] = (),
     ) -> Any:
         """``get_or_load`` for asyncio code; ``loader`` may be sync or return an awaitable."""
+        value, flow = self._read(
+            key, ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tags
+        )
+        return value if flow is None else await self.engine.adrive(flow, loader)
+
+    def _read(
+        self,
+        key: str,
+        ttl: TtlSpec,
+        cache_errors: Mapping[type[BaseException], float] | None,
+        stale_ttl: float,
+        stale_if_error: float,
+        early_refresh: float,
+        tags: Sequence[str],
+    ) -> tuple[Any, Flow | None]:
+        """A get_or_load's local hit ``(value, None)``, or ``(None, its read-path flow)``."""
         options = self._options(
             ttl, cache_errors, stale_ttl, stale_if_error, early_refresh, tagged=bool(tags)
         )
@@ -486,9 +493,9 @@ class Cache:
             if value is not MISSING:
                 self.stats.hits += 1
                 self.stats.local_hits += 1
-                return value
+                return value, None
         tag_keys = [e.keys.tag(t) for t in tags]
-        return await e.adrive(read_through(e, full, options, tag_keys), loader)
+        return None, read_through(e, full, options, tag_keys)
 
     def _options(
         self,
