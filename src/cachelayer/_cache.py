@@ -225,6 +225,17 @@ class Cache:
 
     # -- the API, sync and async pairs -------------------------------------------------------
 
+    def _local_hit(self, full: str) -> Any:
+        """The value the local tier holds for a store key (counted), or MISSING."""
+        local = self.engine.local
+        if local is None:
+            return MISSING
+        value = local.get(full)
+        if value is not MISSING:
+            self.stats.hits += 1
+            self.stats.local_hits += 1
+        return value
+
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value for ``key``, or ``default`` when absent, expired or unreadable.
 
@@ -233,11 +244,9 @@ class Cache:
         """
         e = self.engine
         full = e.keys.full(key)
-        if e.local is not None:
-            value = e.local.get(full)
+        if e.local is not None:  # (no call at all on the default path)
+            value = self._local_hit(full)
             if value is not MISSING:
-                self.stats.hits += 1
-                self.stats.local_hits += 1
                 return value
         value = e.drive(plain_get(e, [full]), None, e.raise_errors)[0]
         return default if value is FAILED else value
@@ -246,11 +255,9 @@ class Cache:
         """``get`` for asyncio code."""
         e = self.engine
         full = e.keys.full(key)
-        if e.local is not None:
-            value = e.local.get(full)
+        if e.local is not None:  # (no call at all on the default path)
+            value = self._local_hit(full)
             if value is not MISSING:
-                self.stats.hits += 1
-                self.stats.local_hits += 1
                 return value
         value = (await e.adrive(plain_get(e, [full]), None, e.raise_errors))[0]
         return default if value is FAILED else value
@@ -488,12 +495,9 @@ class Cache:
         )
         e = self.engine
         full = e.keys.full(key)
-        if e.local is not None:
-            value = e.local.get(full)
-            if value is not MISSING:
-                self.stats.hits += 1
-                self.stats.local_hits += 1
-                return value, None
+        value = self._local_hit(full)
+        if value is not MISSING:
+            return value, None
         tag_keys = [e.keys.tag(t) for t in tags]
         return None, read_through(e, full, options, tag_keys)
 

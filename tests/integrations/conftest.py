@@ -26,6 +26,10 @@ if not settings.configured:
     )
     django.setup()
 
+from cachelayer import CircuitBreaker
+from cachelayer.django import CacheBackend
+from tests.conftest import FakeClock
+
 
 @pytest.fixture
 def rules() -> Iterator[Callable[..., Any]]:
@@ -42,3 +46,49 @@ def rules() -> Iterator[Callable[..., Any]]:
     yield connect
     for rule in made:
         rule.disconnect()
+
+
+#: Builds a cachelayer Django backend; its keywords are the rest of a CACHES entry.
+Factory = Callable[..., CacheBackend]
+
+
+@pytest.fixture
+def location(store_kind: str, redis_url: str) -> str:
+    """LOCATION of the parametrized store (generous timeouts: a busy test machine)."""
+    if store_kind == "redis":
+        return redis_url + "?socket_timeout=2&socket_connect_timeout=2"
+    return "memory://"
+
+
+def backend_params(namespace: str, clock: FakeClock, params: dict[str, Any]) -> dict[str, Any]:
+    """A CACHES entry's params with the test's namespace and clock and no breaker."""
+    options = params.setdefault("OPTIONS", {})
+    options.setdefault("namespace", namespace)
+    options.setdefault("clock", clock)
+    options.setdefault("breaker", CircuitBreaker(threshold=0))
+    return params
+
+
+@pytest.fixture
+def make_backend(location: str, namespace: str, clock: FakeClock) -> Iterator[Factory]:
+    """Build backends the way Django does (``Backend(LOCATION, params)``); each is cleared
+    and its connections closed afterwards."""
+    made: list[CacheBackend] = []
+
+    def factory(**params: Any) -> CacheBackend:
+        backend = CacheBackend(
+            params.pop("LOCATION", location), backend_params(namespace, clock, params)
+        )
+        made.append(backend)
+        return backend
+
+    yield factory
+    for backend in made:
+        backend.clear()
+        backend.cache.close()
+
+
+@pytest.fixture
+def backend(make_backend: Factory) -> CacheBackend:
+    """A backend with Django's defaults (TIMEOUT 300, no KEY_PREFIX, VERSION 1)."""
+    return make_backend()

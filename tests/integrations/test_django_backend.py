@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -25,60 +25,20 @@ from django.middleware.cache import FetchFromCacheMiddleware, UpdateCacheMiddlew
 from django.test import RequestFactory, override_settings
 from django.views.decorators.cache import cache_page
 
-from cachelayer import CircuitBreaker, StoreUnavailable
+from cachelayer import StoreUnavailable
 from cachelayer.django import CacheBackend
 from cachelayer.testing import free_port
 from tests.conftest import FakeClock
+from tests.integrations.conftest import Factory, backend_params
 
 BACKEND = "cachelayer.django.CacheBackend"
 SIGNING_KEY = "a-test-signing-key-of-32-bytes!!"
-
-Factory = Callable[..., CacheBackend]
-
-
-@pytest.fixture
-def location(store_kind: str, redis_url: str) -> str:
-    """LOCATION of the parametrized store (generous timeouts: a busy test machine)."""
-    if store_kind == "redis":
-        return redis_url + "?socket_timeout=2&socket_connect_timeout=2"
-    return "memory://"
-
-
-def _params(namespace: str, clock: FakeClock, params: dict[str, Any]) -> dict[str, Any]:
-    options = params.setdefault("OPTIONS", {})
-    options.setdefault("namespace", namespace)
-    options.setdefault("clock", clock)
-    options.setdefault("breaker", CircuitBreaker(threshold=0))
-    return params
-
-
-@pytest.fixture
-def make_backend(location: str, namespace: str, clock: FakeClock) -> Iterator[Factory]:
-    """Build backends the way Django does (``Backend(LOCATION, params)``); each is cleared
-    and its connections closed afterwards."""
-    made: list[CacheBackend] = []
-
-    def factory(**params: Any) -> CacheBackend:
-        backend = CacheBackend(params.pop("LOCATION", location), _params(namespace, clock, params))
-        made.append(backend)
-        return backend
-
-    yield factory
-    for backend in made:
-        backend.clear()
-        backend.cache.close()
-
-
-@pytest.fixture
-def backend(make_backend: Factory) -> CacheBackend:
-    """A backend with Django's defaults (TIMEOUT 300, no KEY_PREFIX, VERSION 1)."""
-    return make_backend()
 
 
 @pytest.fixture
 async def abackend(location: str, namespace: str, clock: FakeClock) -> AsyncIterator[CacheBackend]:
     """A backend used from asyncio, closed in the test's own event loop."""
-    backend = CacheBackend(location, _params(namespace, clock, {"TIMEOUT": 60}))
+    backend = CacheBackend(location, backend_params(namespace, clock, {"TIMEOUT": 60}))
     yield backend
     await backend.aclear()
     await backend.cache.aclose()

@@ -8,62 +8,22 @@ Cache's injected clock; the lock's races are driven by events.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
-from cachelayer import CircuitBreaker, Lock, LockError, StoreUnavailable
+from cachelayer import Lock, LockError, StoreUnavailable
 from cachelayer._keys import derived_key
 from cachelayer.django import CacheBackend
 from cachelayer.testing import free_port
 from tests.conftest import FakeClock
-
-Factory = Callable[..., CacheBackend]
-
-
-@pytest.fixture
-def location(store_kind: str, redis_url: str) -> str:
-    """LOCATION of the parametrized store."""
-    if store_kind == "redis":
-        return redis_url + "?socket_timeout=2&socket_connect_timeout=2"
-    return "memory://"
-
-
-def _params(namespace: str, clock: FakeClock, params: dict[str, Any]) -> dict[str, Any]:
-    options = params.setdefault("OPTIONS", {})
-    options.setdefault("namespace", namespace)
-    options.setdefault("clock", clock)
-    options.setdefault("breaker", CircuitBreaker(threshold=0))
-    return params
-
-
-@pytest.fixture
-def make_backend(location: str, namespace: str, clock: FakeClock) -> Iterator[Factory]:
-    """Build backends as Django does; each is cleared and closed afterwards."""
-    made: list[CacheBackend] = []
-
-    def factory(**params: Any) -> CacheBackend:
-        backend = CacheBackend(params.pop("LOCATION", location), _params(namespace, clock, params))
-        made.append(backend)
-        return backend
-
-    yield factory
-    for backend in made:
-        backend.clear()
-        backend.cache.close()
-
-
-@pytest.fixture
-def backend(make_backend: Factory) -> CacheBackend:
-    """A backend with Django's defaults (TIMEOUT 300, no KEY_PREFIX, VERSION 1)."""
-    return make_backend()
+from tests.integrations.conftest import Factory, backend_params
 
 
 @pytest.fixture
 async def abackend(location: str, namespace: str, clock: FakeClock) -> AsyncIterator[CacheBackend]:
     """A backend used from asyncio, cleared and closed in the test's own event loop."""
-    backend = CacheBackend(location, _params(namespace, clock, {}))
+    backend = CacheBackend(location, backend_params(namespace, clock, {}))
     yield backend
     await backend.aclear()
     await backend.cache.aclose()
