@@ -4,6 +4,7 @@ invalidation sequence that refuses a racing reader's insert, and the max_ttl bac
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -201,11 +202,25 @@ def test_settings_are_checked() -> None:
 def test_purge_messages_round_trip() -> None:
     """Keys with any characters travel intact; garbage reads as 'purge everything'."""
     keys = ["ns:v1:a\nb", "ns:v1:\ud800", "ns:v1:\x00"]
-    assert parse(message(KEYS, keys, "me")) == (KEYS, keys, "me")
-    assert parse(message(TAGS, ["{ns:v1:}tags:x"])) == (TAGS, ["{ns:v1:}tags:x"], "")
-    assert parse(message(EVERYTHING)) == (EVERYTHING, [], "")
-    for junk in (b"", b"\xff", b"[1, 2]", b'["k", [1], ""]', b'{"k": []}', b'["x", [], ""]'):
-        assert parse(junk) == (EVERYTHING, [], "")
+    before = int(time.time() * 1000)
+    kind, names, origin, sent = parse(message(KEYS, keys, "me"))
+    assert (kind, names, origin) == (KEYS, keys, "me")
+    assert before <= sent <= int(time.time() * 1000)  # the lag is measured from it
+    assert parse(message(TAGS, ["{ns:v1:}tags:x"]))[:3] == (TAGS, ["{ns:v1:}tags:x"], "")
+    assert parse(message(EVERYTHING))[:3] == (EVERYTHING, [], "")
+    # A message of an older version (no send time) is applied all the same.
+    assert parse(b'["k", ["a"], "me"]') == (KEYS, ["a"], "me", 0)
+    for junk in (
+        b"",
+        b"\xff",
+        b"[1, 2]",
+        b'["k", [1], ""]',
+        b'{"k": []}',
+        b'["x", [], ""]',
+        b'["k", [], "", "soon"]',
+        b'["k", [], "", 1, 2]',
+    ):
+        assert parse(junk) == (EVERYTHING, [], "", 0)
     assert channel_for("ns:v1:") == "{ns:v1:}purge"
 
 

@@ -18,6 +18,8 @@ from ._codecs import TypeRegistry
 from ._decorator import AsyncCachedFunction, CacheDecorator, CachedFunction
 from ._local import LocalTier
 from ._lock import Lock, LockError
+from ._metrics import HistogramSnapshot, LocalSnapshot, StatsSnapshot
+from ._metrics import collect as collect_stats
 from ._options import Fresh
 from ._policy import DEFAULT
 from ._warm import WarmResult
@@ -53,11 +55,15 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "Fresh",
+    "HistogramSnapshot",
+    "LocalSnapshot",
     "LocalTier",
     "Lock",
     "LockError",
+    "StatsSnapshot",
     "StoreUnavailable",
     "TypeRegistry",
     "WarmResult",
     "__version__",
+    "collect_stats",
 ]

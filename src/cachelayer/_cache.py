@@ -23,13 +23,13 @@ from ._envelope import DEFAULT_MAX_VALUE_SIZE, Serializer
 from ._keys import KeyBuilder, derived_key
 from ._local import MISSING, LocalTier
 from ._lock import Lock
+from ._metrics import HistogramSnapshot, LocalSnapshot, Metrics, StatsView, register, unregister
 from ._options import ErrorPolicy, Fresh, ReadOptions
 from ._policy import DEFAULT, TtlPolicy, TtlSpec
 from ._purge import EVERYTHING, KEYS, TAGS, Subscriber, channel_for
 from ._readpath import plain_get, read_through, warm
 from ._redact import redact_url
 from ._runner import StoreRunner
-from ._stats import Stats
 from ._steps import FAILED, Clear, Delete, Flow, Set, SetMany
 from ._warm import Job, Progress, WarmResult, run_async, run_sync
 from .backends import AsyncStore, Store, store_from_url
@@ -163,9 +163,12 @@ class Cache:
                 + (" (memory:// is in-process already)" if self.url.startswith("memory") else "")
             )
         keybuilder = KeyBuilder(namespace, version, max_key_length)
-        #: The counters of this Cache (also ``engine.stats``).
-        self.stats = Stats()
-        runner = StoreRunner(store, breaker or CircuitBreaker(), self.stats, refresh_workers)
+        self._metrics = Metrics()
+        #: The counters of this Cache, summed over its decorated functions:
+        #: ``cache.stats.hits``, or ``cache.stats()`` for a full snapshot.
+        self.stats = StatsView(self._metrics, self._describe)
+        base = self._metrics.base
+        runner = StoreRunner(store, breaker or CircuitBreaker(), base, refresh_workers)
         self.engine = Engine(
             runner=runner,
             serializer=Serializer(
@@ -176,7 +179,8 @@ class Cache:
             ),
             keys=keybuilder,
             ttl=TtlPolicy(ttl, ttls, jitter, rng),
-            stats=self.stats,
+            stats=base,
+            metrics=self._metrics,
             clock=clock,
             random=rng,
             lease_ttl=float(lease_ttl),
@@ -198,6 +202,7 @@ class Cache:
         self.lease_ttl = self.engine.lease_ttl
         self.lease_wait = self.engine.lease_wait
         self.tag_ttl = self.engine.tag_ttl
+        register(self)
 
     def __repr__(self) -> str:
         return f"Cache({self.url!r}, namespace={self.engine.keys.namespace!r})"
@@ -232,8 +237,9 @@ class Cache:
             return MISSING
         value = local.get(full)
         if value is not MISSING:
-            self.stats.hits += 1
-            self.stats.local_hits += 1
+            stats = self.engine.stats
+            stats.hits += 1
+            stats.local_hits += 1
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -710,9 +716,29 @@ class Cache:
         tier serves, they go to the store."""
         return self._subscriber is not None and self._subscriber.wait_subscribed(timeout)
 
+    def _describe(self) -> dict[str, Any]:
+        """What a stats snapshot adds to the counters: namespace, breaker, local tier."""
+        local = None
+        tier, subscriber = self.engine.local, self._subscriber
+        if tier is not None and subscriber is not None:
+            local = LocalSnapshot(
+                entries=len(tier),
+                bytes=tier.bytes_used,
+                evictions=tier.evictions,
+                enabled=tier.enabled,
+                purges=subscriber.purges,
+                lag=HistogramSnapshot.of(subscriber.lag),
+            )
+        return {
+            "namespace": self.engine.keys.namespace,
+            "breaker": self.engine.runner.breaker.state,
+            "local": local,
+        }
+
     def close(self) -> None:
         """Stop the local tier's subscriber, finish background refreshes, then close the
         store's connections."""
+        unregister(self)
         if self._subscriber is not None:
             self._subscriber.stop()
         self.engine.runner.close()
@@ -720,6 +746,7 @@ class Cache:
     async def aclose(self) -> None:
         """Stop the local tier's subscriber, cancel this loop's background refreshes,
         then close both faces' connections."""
+        unregister(self)
         if self._subscriber is not None:
             await asyncio.to_thread(self._subscriber.stop)
         await self.engine.runner.aclose()

@@ -157,7 +157,6 @@ def make_cached(
     """Build the decorator; validates everything it can before the first call."""
     full = engine.keys.full
     tag = engine.keys.tag
-    stats = engine.stats
     call, acall, drive, adrive = engine.call, engine.acall, engine.drive, engine.adrive
     get, aget = engine.runner.get, engine.runner.aget
     refresher = engine.runner.refresher
@@ -183,18 +182,21 @@ def make_cached(
         keyfn = call_key_function(func, key, skip)
         tagfns = [call_key_function(func, t, skip) for t in tags]
         is_async = _is_async(func)
+        # Counted in the function's own block of the Cache's metrics (docs/observability.md).
+        fe = engine.scoped(f"{func.__module__}.{func.__qualname__}")
+        stats = fe.stats
 
         def store_key(*args: Any, **kwargs: Any) -> str:
             return full(keyfn(args, kwargs))
 
         def flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Flow:
             tag_keys = [tag(fn(args, kwargs)) for fn in tagfns] if tagfns else ()
-            return read_through(engine, full(keyfn(args, kwargs)), options, tag_keys)
+            return read_through(fe, full(keyfn(args, kwargs)), options, tag_keys)
 
         def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             """refresh_after_write: load the entry again in the background."""
             store = full(keyfn(args, kwargs))
-            again = refresh(engine, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
+            again = refresh(fe, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
             loader = functools.partial(func, *args, **kwargs)
             if is_async:
                 refresher.spawn(store, functools.partial(adrive, again, loader))
@@ -203,6 +205,7 @@ def make_cached(
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
             store = full(keyfn(args, kwargs))
+            stats.invalidations += 1
             done = call(engine.delete_step([store]), False, True)
             if engine.purges:
                 engine.purge(KEYS, [store])
@@ -212,6 +215,7 @@ def make_cached(
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
             store = full(keyfn(args, kwargs))
+            stats.invalidations += 1
             done = await acall(engine.delete_step([store]), False, True)
             if engine.purges:
                 await engine.apurge(KEYS, [store])
@@ -224,7 +228,7 @@ def make_cached(
         # with what was read. (Tagged calls read value and tokens together in the flow.)
         wrapper: Any
         if local is not None:
-            wrapper = _local_wrapper(engine, func, keyfn, tagfns, options, is_async)
+            wrapper = _local_wrapper(fe, func, keyfn, tagfns, options, is_async)
         elif is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -232,11 +236,11 @@ def make_cached(
                     return await adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
                 raw = await aget(key)
-                entry, state = first_look(engine, raw, None, options, key=key)
+                entry, state = first_look(fe, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value
-                rest = read_through(engine, key, options, (), (raw, entry, state))
+                rest = read_through(fe, key, options, (), (raw, entry, state))
                 return await adrive(rest, lambda: func(*args, **kwargs))
 
             wrapper = async_wrapper
@@ -247,11 +251,11 @@ def make_cached(
                     return drive(flow(args, kwargs), lambda: func(*args, **kwargs))
                 key = full(keyfn(args, kwargs))
                 raw = get(key)
-                entry, state = first_look(engine, raw, None, options, key=key)
+                entry, state = first_look(fe, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
                     stats.hits += 1
                     return entry.value
-                rest = read_through(engine, key, options, (), (raw, entry, state))
+                rest = read_through(fe, key, options, (), (raw, entry, state))
                 return drive(rest, lambda: func(*args, **kwargs))
 
             wrapper = sync_wrapper
@@ -266,7 +270,7 @@ def make_cached(
                 tag_keys = [tag(fn(args, {})) for fn in tagfns]
                 made.append(
                     (
-                        functools.partial(warm, engine, store, options, tag_keys),
+                        functools.partial(warm, fe, store, options, tag_keys),
                         functools.partial(func, *args),
                     )
                 )

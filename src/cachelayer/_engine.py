@@ -12,6 +12,7 @@ class offers. The import graph goes one way: faces -> engine -> runner -> stores
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 from ._envelope import Entry, Serializer
 from ._keys import KeyBuilder, derived_key
 from ._local import LocalTier
+from ._metrics import Metrics
 from ._options import ErrorPolicy
 from ._policy import TtlPolicy
 from ._purge import KEYS, TAGS, message
@@ -47,7 +49,9 @@ class Engine:
         serializer: the entry format (codec, compression, signing, type registry).
         keys: turns caller keys and tags into store keys.
         ttl: TTL classes and jitter.
-        stats: the counters.
+        stats: the counters this engine's calls count in (the Cache's own block, or a
+            decorated function's: see :meth:`scoped`).
+        metrics: every counter block of the Cache.
         runner: performs store steps and drives flows (``call``/``acall``,
             ``drive``/``adrive`` are its methods, re-exported here).
         lease_ttl: seconds a miss may take to load before its fill is refused.
@@ -77,12 +81,14 @@ class Engine:
         raise_errors: bool,
         local: LocalTier | None = None,
         purge_channel: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.runner = runner
         self.serializer = serializer
         self.keys = keys
         self.ttl = ttl
         self.stats = stats
+        self.metrics = Metrics(stats) if metrics is None else metrics
         self.clock = clock
         self.random = random
         self.lease_ttl = lease_ttl
@@ -101,6 +107,14 @@ class Engine:
         self.drive = runner.drive
         self.adrive = runner.adrive
         self._log = RateLimitedLog(log)
+
+    def scoped(self, name: str) -> Engine:
+        """This engine counting in the block of the function named ``name``: the same
+        store, runner, format and settings (the Cache's own block keeps the runner's store
+        events)."""
+        view = copy.copy(self)
+        view.stats = self.metrics.group(name)
+        return view
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -127,7 +141,7 @@ class Engine:
         """
         now = self.now_ms()
         fresh_until = 0 if seconds is None else now + max(1, int(seconds * 1000))
-        return self.serializer.dumps(
+        raw = self.serializer.dumps(
             value,
             written_ms=now,
             fresh_until_ms=fresh_until,
@@ -136,6 +150,8 @@ class Engine:
             tags=tags,
             key=key,
         )
+        self.stats.bytes_written += len(raw)
+        return raw
 
     def encode_error(
         self,
@@ -157,6 +173,7 @@ class Engine:
     def decode(self, raw: bytes, *, key: str) -> Entry | None:
         """The entry ``raw`` holds, read from the store key ``key``, or None (counted and
         logged) when it does not decode, or is a negative entry of the wrong shape."""
+        self.stats.bytes_read += len(raw)
         try:
             entry = self.serializer.loads(raw, key=key)
             if entry.negative and not ErrorPolicy.well_formed(entry.value):
@@ -226,6 +243,8 @@ class Engine:
         """Run a write or invalidation step, then purge what it touched -- also when the
         step raised (``on_error="raise"``): a timeout does not mean the write did not land,
         and this process must not keep serving what it may have replaced."""
+        if invalidating:
+            self.stats.invalidations += 1
         try:
             result = self.call(step, self.raise_errors, invalidating)
         except BaseException:
@@ -241,6 +260,8 @@ class Engine:
         self, step: StoreStep, kind: str, names: Sequence[str], invalidating: bool = False
     ) -> Any:
         """``write`` for asyncio code."""
+        if invalidating:
+            self.stats.invalidations += 1
         try:
             result = await self.acall(step, self.raise_errors, invalidating)
         except BaseException:

@@ -6,10 +6,13 @@ Every invalidation (``delete``, ``set``, ``invalidate_tags``, ``clear`` and thei
 store step, what it touched on one channel per namespace and version,
 ``{<namespace>:v<version>:}purge`` (docs/local.md). Each process with a local tier runs
 one :class:`Subscriber` thread that drops what the messages name. A message is JSON,
-``["k", [store keys], origin]``, ``["t", [tag keys], origin]`` or ``["*", [], origin]``
-(everything), so any Python ``str`` key travels intact. ``origin`` names the Cache that
-sent it: a Cache purges its own tier within the call, so it skips its own messages
-(handling them late would only refuse the reads that followed its own write).
+``["k", [store keys], origin, sent]``, ``["t", [tag keys], origin, sent]`` or
+``["*", [], origin, sent]`` (everything), so any Python ``str`` key travels intact;
+``sent`` is the sender's wall clock in milliseconds, from which the receiver measures the
+invalidation lag (a message without it, from an older version, is applied all the same).
+``origin`` names the Cache that sent it: a Cache purges its own tier within the call, so
+it skips its own messages (handling them late would only refuse the reads that followed
+its own write).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from ._local import LocalTier
+from ._metrics import LAG_BUCKETS
 from ._runner import store_failures
+from ._stats import Histogram
 from .backends.base import Publisher
 
 __all__ = [
@@ -47,36 +53,43 @@ def channel_for(prefix: str) -> str:
 
 def message(kind: str, names: Iterable[str] = (), origin: str = "") -> bytes:
     """A purge message naming ``names`` (store keys or tag keys) or everything."""
-    return json.dumps([kind, list(names), origin], separators=(",", ":")).encode()
+    sent = int(time.time() * 1000)
+    return json.dumps([kind, list(names), origin, sent], separators=(",", ":")).encode()
 
 
-def parse(raw: bytes) -> tuple[str, list[str], str]:
-    """``(kind, names, origin)``; anything malformed reads as a purge of everything."""
+def parse(raw: bytes) -> tuple[str, list[str], str, int]:
+    """``(kind, names, origin, sent ms)`` (``sent`` 0 when absent); anything malformed
+    reads as a purge of everything."""
     # Anything that does not parse -- RecursionError for deep nesting included -- is
     # malformed, and a malformed message is a purge of everything.
     with contextlib.suppress(Exception):
-        kind, names, origin = json.loads(raw)
+        kind, names, origin, *rest = json.loads(raw)
+        sent = rest[0] if len(rest) == 1 else 0
         if (
             kind in (KEYS, TAGS, EVERYTHING)
             and isinstance(names, list)
             and all(isinstance(n, str) for n in names)
             and isinstance(origin, str)
+            and type(sent) is int
+            and len(rest) <= 1
         ):
-            return kind, names, origin
-    return EVERYTHING, [], ""
+            return kind, names, origin, sent
+    return EVERYTHING, [], "", 0
 
 
-def apply(tier: LocalTier, raw: bytes, origin: str = "") -> None:
-    """Drop from ``tier`` what the message ``raw`` names, unless ``origin`` sent it."""
-    kind, names, sender = parse(raw)
+def apply(tier: LocalTier, raw: bytes, origin: str = "") -> int | None:
+    """Drop from ``tier`` what the message ``raw`` names, unless ``origin`` sent it.
+    Returns when the sender sent it (wall-clock ms, 0 if unknown), None if skipped."""
+    kind, names, sender, sent = parse(raw)
     if origin and sender == origin:
-        return
+        return None
     if kind == KEYS:
         tier.invalidate(keys=names)
     elif kind == TAGS:
         tier.invalidate(tags=names)
     else:
         tier.flush()
+    return sent
 
 
 class Subscriber:
@@ -104,6 +117,9 @@ class Subscriber:
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self.losses = 0
+        #: purges applied from other processes, and their lag (sent to dropped, seconds)
+        self.purges = 0
+        self.lag = Histogram(LAG_BUCKETS)
         self._thread = threading.Thread(
             target=self._run, name=f"cachelayer-purge {channel}", daemon=True
         )
@@ -143,7 +159,11 @@ class Subscriber:
                 while not self._stop.is_set():
                     raw = subscription.receive(self.poll)
                     if raw is not None:
-                        apply(self.tier, raw, self.origin)
+                        sent = apply(self.tier, raw, self.origin)
+                        if sent is not None:
+                            self.purges += 1
+                            if sent:
+                                self.lag.observe(max(0.0, time.time() - sent / 1000))
             except self.failures as exc:
                 self.losses += 1
                 log.warning(

@@ -421,6 +421,7 @@ def _load_and_fill(
     try:
         value = yield LOAD
     except Exception as exc:
+        stats.load_seconds.observe(time.perf_counter() - started)
         stats.load_errors += 1
         if stale is not None:
             # stale-if-error: the expired value beats an error page. The lease is kept
@@ -445,7 +446,9 @@ def _load_and_fill(
                 # and no tag of theirs moved since (a write may have created the row).
                 yield Publish(payload, filled is True)
         raise
-    duration_ms = int((time.perf_counter() - started) * 1000)
+    took = time.perf_counter() - started
+    stats.load_seconds.observe(took)
+    duration_ms = int(took * 1000)
     value, seconds, keep = _freshness(engine, value, options)
     try:
         payload = engine.encode(value, seconds, duration_ms, tags=_stamp(claim.tokens), key=key)
@@ -513,8 +516,12 @@ def refresh(
     stats.refreshes += 1
     started = time.perf_counter()
     try:
-        value = yield LOAD
-        duration_ms = int((time.perf_counter() - started) * 1000)
+        try:
+            value = yield LOAD
+        finally:
+            took = time.perf_counter() - started
+            stats.load_seconds.observe(took)
+        duration_ms = int(took * 1000)
         value, seconds, keep = _freshness(engine, value, options)
         payload = engine.encode(value, seconds, duration_ms, tags=_stamp(tokens), key=key)
     except Exception as exc:

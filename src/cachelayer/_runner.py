@@ -164,6 +164,9 @@ class StoreRunner:
             if raising:
                 raise StoreUnavailable(f"store {method} not sent: {exc}") from exc
             return FAILED
+        kinds = self.stats.errors_by_kind
+        kind = type(exc).__name__
+        kinds[kind] = kinds.get(kind, 0) + 1
         if self.breaker.failure(epoch) if self._incidents else self.breaker.failure():
             self.stats.breaker_opened += 1
             log.warning(

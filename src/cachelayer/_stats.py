@@ -5,78 +5,121 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RateLimitedLog", "Stats"]
+__all__ = ["COUNTERS", "LOAD_BUCKETS", "Histogram", "RateLimitedLog", "Stats"]
+
+
+#: The event counters every :class:`Stats` holds, in the order snapshots list them.
+COUNTERS = (
+    "hits",
+    "misses",
+    "local_hits",
+    "negative_hits",
+    "stale_hits",
+    "early_refreshes",
+    "refreshes",
+    "refresh_errors",
+    "loads",
+    "load_errors",
+    "stale_on_error",
+    "fills",
+    "fills_rejected",
+    "flight_joins",
+    "lease_waits",
+    "lease_timeouts",
+    "sets",
+    "invalidations",
+    "invalidation_errors",
+    "decode_errors",
+    "oversized",
+    "bytes_read",
+    "bytes_written",
+    "store_errors",
+    "store_busy",
+    "short_circuits",
+    "breaker_opened",
+)
+
+#: Upper bounds (seconds) of the load-duration histogram's buckets (Prometheus' defaults).
+LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class Histogram:
+    """Counts of observations per bucket (``counts[i]``: at most ``bounds[i]``; the last
+    one: above every bound) and their sum. Observing is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def reset(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
 
 
 class Stats:
-    """Event counters of one Cache (read them with :meth:`snapshot`).
+    """The counters of one cached function, or of a Cache's direct calls.
 
-    Increments are plain ``+=`` under the GIL: cheap on the hot path, and at worst an
-    increment lost to a thread switch, which a counter for monitoring can afford.
+    A Cache keeps one for its own calls (``get``, ``set``, ``get_or_load``, the runner's
+    store errors) and one per decorated function (``Cache.stats`` sums them; see
+    ``_metrics.py``). Increments are plain ``+=`` under the GIL: cheap on the hot path, and
+    at worst an increment lost to a thread switch, which a counter for monitoring can
+    afford.
     """
 
-    __slots__ = (
-        "breaker_opened",
-        "decode_errors",
-        "early_refreshes",
-        "fills",
-        "fills_rejected",
-        "flight_joins",
-        "hits",
-        "invalidation_errors",
-        "lease_timeouts",
-        "lease_waits",
-        "load_errors",
-        "loads",
-        "local_hits",
-        "misses",
-        "negative_hits",
-        "oversized",
-        "refresh_errors",
-        "refreshes",
-        "sets",
-        "short_circuits",
-        "stale_hits",
-        "stale_on_error",
-        "store_busy",
-        "store_errors",
-    )
+    __slots__ = (*COUNTERS, "errors_by_kind", "load_seconds")
 
-    breaker_opened: int
-    decode_errors: int
+    hits: int
+    misses: int
+    local_hits: int
+    negative_hits: int
+    stale_hits: int
     early_refreshes: int
+    refreshes: int
+    refresh_errors: int
+    loads: int
+    load_errors: int
+    stale_on_error: int
     fills: int
     fills_rejected: int
     flight_joins: int
-    hits: int
-    invalidation_errors: int
-    lease_timeouts: int
     lease_waits: int
-    load_errors: int
-    loads: int
-    local_hits: int
-    misses: int
-    negative_hits: int
-    oversized: int
-    refresh_errors: int
-    refreshes: int
+    lease_timeouts: int
     sets: int
-    short_circuits: int
-    stale_hits: int
-    stale_on_error: int
-    store_busy: int
+    invalidations: int
+    invalidation_errors: int
+    decode_errors: int
+    oversized: int
+    bytes_read: int
+    bytes_written: int
     store_errors: int
+    store_busy: int
+    short_circuits: int
+    breaker_opened: int
+    #: store errors by exception class name (``"TimeoutError"``, ``"ConnectionError"``)
+    errors_by_kind: dict[str, int]
+    #: seconds each load (and background refresh) took, failed ones included
+    load_seconds: Histogram
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in COUNTERS:
             setattr(self, name, 0)
+        self.errors_by_kind = {}
+        self.load_seconds = Histogram(LOAD_BUCKETS)
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a dict, plus ``hit_ratio`` as a per-mille int (0 with no reads)."""
-        counts: dict[str, int] = {name: getattr(self, name) for name in self.__slots__}
+        counts: dict[str, int] = {name: getattr(self, name) for name in COUNTERS}
         reads = counts["hits"] + counts["misses"]
         counts["hit_ratio_permille"] = (1000 * counts["hits"] // reads) if reads else 0
         return counts
