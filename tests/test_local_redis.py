@@ -331,3 +331,38 @@ def test_a_write_that_raises_still_purges_this_process(private_redis: RedisServe
     cache.close()
     writer.close()
     admin.close()
+
+
+def test_remembered_keys_keep_equal_arguments_of_other_types_apart(
+    pair: tuple[Cache, Cache],
+) -> None:
+    """The local wrapper remembers the store keys of int/str arguments: 1, True and 1.0
+    compare equal but are three calls with three keys and three values."""
+    cache, _ = pair
+    seen: list[object] = []
+
+    @cache.cached(ttl=60)
+    def echo(x: object, y: object = "d") -> list[object]:
+        seen.append(x)
+        return [type(x).__name__, x, y]
+
+    for _ in range(2):  # the second round is served by the tier, with remembered keys
+        assert echo(1) == ["int", 1, "d"]
+        assert echo(True) == ["bool", True, "d"]
+        assert echo(1.0) == ["float", 1.0, "d"]
+        assert echo("1") == ["str", "1", "d"]
+        assert echo(1, "e") == ["int", 1, "e"]
+        assert echo(1, y="f") == ["int", 1, "f"]
+    assert seen == [1, True, 1.0, "1", 1, 1]
+    assert len({echo.key(1), echo.key(True), echo.key(1.0), echo.key("1")}) == 4
+    # A key function is the user's: it may read state the arguments do not show, so its
+    # keys are never remembered.
+    tenant = ["a"]
+
+    @cache.cached(ttl=60, key=lambda x: f"{tenant[0]}:{x}")
+    def per_tenant(x: int) -> str:
+        return f"{tenant[0]}-{x}"
+
+    assert per_tenant(1) == "a-1"
+    tenant[0] = "b"
+    assert per_tenant(1) == "b-1"

@@ -228,7 +228,9 @@ def make_cached(
         # with what was read. (Tagged calls read value and tokens together in the flow.)
         wrapper: Any
         if local is not None:
-            wrapper = _local_wrapper(fe, func, keyfn, tagfns, options, is_async)
+            wrapper = _local_wrapper(
+                fe, func, keyfn, tagfns, options, is_async, memo=not callable(key)
+            )
         elif is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -312,12 +314,39 @@ def _local_wrapper(
     tagfns: Sequence[Callable[[tuple[Any, ...], Mapping[str, Any]], str]],
     options: ReadOptions,
     is_async: bool,
+    memo: bool,
 ) -> Any:
     """The wrapper of a Cache with a local tier: a local hit first, then the store path
-    (which offers what it reads back to the tier; docs/local.md)."""
+    (which offers what it reads back to the tier; docs/local.md).
+
+    With ``memo`` (a template or automatic key: the same arguments always give the same
+    key), the store key of a call whose positional arguments are all exactly ``int`` or
+    ``str`` is remembered, so a hit skips building it. Only those two types: equal
+    tuples of them are identical, where ``1``, ``True`` and ``1.0`` are equal but must
+    give different keys.
+    """
     local = engine.local
     assert local is not None
-    lookup, full, tag, stats = local.get, engine.keys.full, engine.keys.tag, engine.stats
+    lookup, tag, stats = local.get, engine.keys.tag, engine.stats
+    build = engine.keys.full
+    memo_size = _KEY_MEMO_SIZE if memo else 0
+    memory: dict[Any, str] = {}
+
+    def full(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        if not kwargs and memo_size:
+            key = memory.get(args)  # (True,) finds (1,)'s key: the types decide
+            for arg in args:
+                kind = type(arg)
+                if kind is not int and kind is not str:
+                    return build(keyfn(args, kwargs))
+            if key is None:
+                key = build(keyfn(args, kwargs))
+                if len(memory) >= memo_size:
+                    memory.clear()
+                memory[args] = key
+            return key
+        return build(keyfn(args, kwargs))
+
     get, aget, drive, adrive = (
         engine.runner.get,
         engine.runner.aget,
@@ -338,7 +367,7 @@ def _local_wrapper(
     if is_async:
 
         async def async_local(*args: Any, **kwargs: Any) -> Any:
-            key = full(keyfn(args, kwargs))
+            key = full(args, kwargs)
             value = lookup(key)
             if value is not MISSING:
                 stats.hits += 1
@@ -357,7 +386,7 @@ def _local_wrapper(
         return async_local
 
     def sync_local(*args: Any, **kwargs: Any) -> Any:
-        key = full(keyfn(args, kwargs))
+        key = full(args, kwargs)
         value = lookup(key)
         if value is not MISSING:
             stats.hits += 1
@@ -374,6 +403,10 @@ def _local_wrapper(
         return drive(after, lambda: func(*args, **kwargs))
 
     return sync_local
+
+
+#: store keys a local-tier wrapper remembers per function before starting over
+_KEY_MEMO_SIZE = 4096
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
