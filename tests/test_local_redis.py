@@ -5,8 +5,10 @@ read; a lost channel; and the multi-process coherence run (bench/bench_local.py)
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +51,13 @@ def pair(redis_url: str) -> Iterator[tuple[Cache, Cache]]:
 def held(cache: Cache, key: str) -> bool:
     assert cache.local is not None
     return cache.local.get(cache.engine.keys.full(key)) is not MISSING
+
+
+def purges(cache: Cache) -> int:
+    """How many purges from other processes the cache's tier has applied."""
+    local = cache.stats().local
+    assert local is not None
+    return local.purges
 
 
 def test_get_is_served_locally_after_one_store_read(pair: tuple[Cache, Cache]) -> None:
@@ -366,3 +375,37 @@ def test_remembered_keys_keep_equal_arguments_of_other_types_apart(
     assert per_tenant(1) == "a-1"
     tenant[0] = "b"
     assert per_tenant(1) == "b-1"
+
+
+async def test_get_many_serves_what_the_tier_holds(pair: tuple[Cache, Cache]) -> None:
+    """get_many reads the store only for the keys the tier does not hold, and keeps
+    what it read; a purge from elsewhere sends that key back to the store."""
+    a, b = pair
+    a.set_many({"x": 1, "y": 2})
+    # (Once b has heard a's purge: a read racing it would rightly not be kept.)
+    assert eventually(lambda: purges(b) > 0)
+    assert b.get_many(["x", "y", "z"]) == {"x": 1, "y": 2}  # from the store, then kept
+    assert held(b, "x")
+    assert held(b, "y")
+    before = b.stats()
+    assert b.get_many(["x", "y"]) == {"x": 1, "y": 2}
+    assert await b.aget_many(["y", "x"]) == {"y": 2, "x": 1}
+    after = b.stats()
+    assert after.local_hits - before.local_hits == 4
+    assert after.bytes_read == before.bytes_read  # no store read at all
+    a.set("x", 10)
+    assert eventually(lambda: not held(b, "x"))
+    assert b.get_many(["x", "y"]) == {"x": 10, "y": 2}
+
+
+def test_a_cache_dropped_unclosed_stops_its_subscriber(redis_url: str) -> None:
+    """No close(): once the Cache is collected, its purge thread ends (and with it the
+    subscription's connection)."""
+    ns = f"lt{uuid.uuid4().hex[:8]}"
+    cache = Cache(redis_url, namespace=ns, local={"max_entries": 10})
+    assert cache.wait_local(5)
+    name = f"cachelayer-purge {{{ns}:v1:}}purge"
+    assert any(t.name == name for t in threading.enumerate())
+    del cache
+    gc.collect()
+    assert eventually(lambda: all(t.name != name for t in threading.enumerate()))

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
@@ -199,6 +200,8 @@ class Cache:
                 store, channel_for(keybuilder.prefix), tier, self.engine.origin
             )
             self._subscriber.start()
+            # A Cache dropped without close() must not leave its thread and connection.
+            weakref.finalize(self, self._subscriber.halt)
         self.lease_ttl = self.engine.lease_ttl
         self.lease_wait = self.engine.lease_wait
         self.tag_ttl = self.engine.tag_ttl
@@ -268,22 +271,41 @@ class Cache:
         value = (await e.adrive(plain_get(e, [full]), None, e.raise_errors))[0]
         return default if value is FAILED else value
 
+    def _local_many(self, keys: Iterable[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """``(found, keys, store keys)``: what the local tier holds (counted), and the
+        keys left for the store with their store keys."""
+        e = self.engine
+        found: dict[str, Any] = {}
+        rest: list[str] = []
+        fulls: list[str] = []
+        for key in keys:
+            full = e.keys.full(key)
+            value = self._local_hit(full) if e.local is not None else MISSING
+            if value is MISSING:
+                rest.append(key)
+                fulls.append(full)
+            else:
+                found[key] = value
+        return found, rest, fulls
+
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys that hold a live value; one round trip."""
-        e, keys = self.engine, list(keys)
-        if not keys:
-            return {}
-        values = e.drive(plain_get(e, [e.keys.full(k) for k in keys]), None, e.raise_errors)
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
+        """``{key: value}`` for the keys that hold a live value; one round trip (none for
+        the keys the local tier holds)."""
+        e = self.engine
+        found, keys, fulls = self._local_many(keys)
+        if keys:
+            values = e.drive(plain_get(e, fulls), None, e.raise_errors)
+            found.update((k, v) for k, v in zip(keys, values, strict=True) if v is not FAILED)
+        return found
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``get_many`` for asyncio code."""
-        e, keys = self.engine, list(keys)
-        if not keys:
-            return {}
-        flow = plain_get(e, [e.keys.full(k) for k in keys])
-        values = await e.adrive(flow, None, e.raise_errors)
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not FAILED}
+        e = self.engine
+        found, keys, fulls = self._local_many(keys)
+        if keys:
+            values = await e.adrive(plain_get(e, fulls), None, e.raise_errors)
+            found.update((k, v) for k, v in zip(keys, values, strict=True) if v is not FAILED)
+        return found
 
     def _set_step(self, key: str, value: Any, ttl: TtlSpec) -> Set:
         e = self.engine

@@ -128,6 +128,11 @@ class Subscriber:
         """Start the thread (the tier serves once subscribed)."""
         self._thread.start()
 
+    def halt(self) -> None:
+        """Ask the thread to stop, without waiting (for a Cache collected unclosed: the
+        thread ends within ``poll`` seconds and closes its connection)."""
+        self._stop.set()
+
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until the tier is subscribed and serving; False on timeout."""
         return self._subscribed.wait(timeout)
