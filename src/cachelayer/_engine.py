@@ -15,7 +15,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from ._envelope import Entry, Serializer
@@ -272,6 +272,13 @@ class Engine:
         if self.purges:
             await self.apurge(kind, names)
         return result
+
+    def purged(self, kind: str, names: Sequence[str]) -> Generator[Broadcast, Any, None]:
+        """``purge`` as steps of a flow (a compare-and-set write's, say): drop the names
+        from the local tier now, and yield the broadcast to other processes, if any."""
+        step = self._purge_step(kind, names)
+        if step is not None:
+            yield step
 
     def purge(self, kind: str, names: Sequence[str] = ()) -> None:
         """After an invalidation's store step: drop what it touched from this process's

@@ -35,6 +35,7 @@ from .._cache import Cache
 from .._engine import lease_key
 from .._envelope import Entry
 from .._lock import Lock
+from .._purge import KEYS
 from .._steps import FAILED, Flow, Get, Keys, SetMany, Swap
 from ..backends import MemoryStore, Store, store_from_url
 from ..backends.redis import RedisStore
@@ -57,14 +58,7 @@ _NOT_OPTIONS = {
     "MAX_ENTRIES": 'the LOCATION "memory://?max_entries=N" (a memory store\'s bound)',
     "CULL_FREQUENCY": "nothing: the memory store evicts least recently used entries",
 }
-# The local tier is left out: the backend's add/incr/touch write through compare-and-set
-# flows that do not publish purges yet (docs/local.md).
-_CACHE_OPTIONS = frozenset(inspect.signature(Cache).parameters) - {
-    "url",
-    "ttl",
-    "local",
-    "publish_invalidations",
-}
+_CACHE_OPTIONS = frozenset(inspect.signature(Cache).parameters) - {"url", "ttl"}
 
 _memory_stores: dict[str, MemoryStore] = {}
 _memory_lock = threading.Lock()
@@ -214,6 +208,8 @@ class CacheBackend(BaseCache):
         expected: bytes | None = None
         for _ in range(MAX_SWAPS):
             done = yield Swap(full, expected, payload, seconds, lease)
+            if done is True:
+                yield from engine.purged(KEYS, [full])
             if done is not False:
                 return done is True  # stored, or the store failed (not stored)
             raw = yield Get(full)
@@ -236,6 +232,7 @@ class CacheBackend(BaseCache):
             if raw is None or raw is FAILED or self._live(raw, full) is None:
                 return False
             yield engine.delete_step([full])
+            yield from engine.purged(KEYS, [full])
             return True
         seconds = engine.ttl.resolve(seconds)
         for _ in range(MAX_SWAPS):
@@ -247,6 +244,8 @@ class CacheBackend(BaseCache):
                 entry.value, seconds, entry.duration_ms, tags=entry.tags, key=full
             )
             done = yield Swap(full, raw, payload, seconds, None)
+            if done is True:
+                yield from engine.purged(KEYS, [full])
             if done is not False:
                 return done is True
         return False
@@ -279,6 +278,7 @@ class CacheBackend(BaseCache):
             )
             done = yield Swap(full, raw, payload, None, lease, keep_ttl=True)
             if done is True:
+                yield from engine.purged(KEYS, [full])
                 return value
             if done is FAILED:
                 raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
@@ -436,7 +436,8 @@ class CacheBackend(BaseCache):
             self.delete_many(data, version)
             return []
         step = self._set_many_step(data, seconds, version)
-        return list(data) if self.cache.engine.call(step, self._raise) is FAILED else []
+        written = self.cache.engine.write(step, KEYS, [key for key, _, _ in step.items])
+        return list(data) if written is FAILED else []
 
     async def aset_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -448,8 +449,8 @@ class CacheBackend(BaseCache):
             await self.adelete_many(data, version)
             return []
         step = self._set_many_step(data, seconds, version)
-        failed = await self.cache.engine.acall(step, self._raise) is FAILED
-        return list(data) if failed else []
+        written = await self.cache.engine.awrite(step, KEYS, [key for key, _, _ in step.items])
+        return list(data) if written is FAILED else []
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Delete the keys in one round trip."""
@@ -556,6 +557,8 @@ class CacheBackend(BaseCache):
             batch = found[start : start + DELETE_BATCH]
             if engine.call(engine.delete_step(batch), self._raise, True) is FAILED:
                 break
+            if engine.purges:
+                engine.purge(KEYS, batch)
             count += len(batch)
         return count
 
@@ -569,6 +572,8 @@ class CacheBackend(BaseCache):
             batch = found[start : start + DELETE_BATCH]
             if await engine.acall(engine.delete_step(batch), self._raise, True) is FAILED:
                 break
+            if engine.purges:
+                await engine.apurge(KEYS, batch)
             count += len(batch)
         return count
 
