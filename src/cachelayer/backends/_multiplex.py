@@ -35,7 +35,7 @@ import os
 import socket as socket_module
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias, cast
 
 import hiredis
@@ -324,6 +324,10 @@ class Multiplexer:
             past it a call raises :class:`PendingLimitExceeded` at once.
         client_name: a name set with ``CLIENT SETNAME`` on each connection (shown by
             ``CLIENT LIST``); None sets none.
+        resolve: asks where the server is before each connection (a Sentinel primary's
+            address); ``host`` and ``port`` are then only the first guess. A connection
+            that gets a ``READONLY`` reply (a primary demoted to replica) is dropped, so
+            the next command connects to wherever ``resolve`` says.
     """
 
     def __init__(
@@ -342,6 +346,7 @@ class Multiplexer:
         connections: int = 1,
         max_pending: int = 10_000,
         client_name: str | None = None,
+        resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         if connections not in (1, 2):
             raise ConfigurationError(f"connections must be 1 or 2, not {connections!r}")
@@ -353,6 +358,7 @@ class Multiplexer:
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self.max_pending = max_pending
         self.client_name = client_name
+        self.resolve = resolve
         self.address = f"unix:{path}" if path else f"{host}:{port}"
         self._slots: list[_Connection | None] = [None] * connections
         self._opening: list[asyncio.Task[_Connection] | None] = [None] * connections
@@ -418,7 +424,11 @@ class Multiplexer:
             TypeError: an argument is not str, bytes, int, float or memoryview.
         """
         conn = self._ready() or await self._connect()
-        return await conn.send_one(_pack(args))
+        try:
+            return await conn.send_one(_pack(args))
+        except rx.ReadOnlyError:
+            conn.close()  # a replica now: the next command finds the primary again
+            raise
 
     async def execute_many(
         self, commands: Iterable[Sequence[Arg]], *, raise_on_error: bool = True
@@ -449,6 +459,8 @@ class Multiplexer:
             _discard(futures)
             raise
         replies = [f.exception() or f.result() for f in futures]
+        if any(isinstance(reply, rx.ReadOnlyError) for reply in replies):
+            conn.close()
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):
@@ -576,9 +588,13 @@ class Multiplexer:
         if self.path is not None:
             await loop.create_unix_connection(lambda: conn, self.path, ssl=self.ssl)
         else:
-            hostname = (self.server_hostname or self.host) if self.ssl else None
+            host, port = self.host, self.port
+            if self.resolve is not None:
+                host, port = await self.resolve()
+                conn.address = self.address = f"{host}:{port}"
+            hostname = (self.server_hostname or host) if self.ssl else None
             await loop.create_connection(
-                lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=hostname
+                lambda: conn, host, port, ssl=self.ssl, server_hostname=hostname
             )
         if self.password is not None:
             auth: tuple[Arg, ...] = ("AUTH", self.password)

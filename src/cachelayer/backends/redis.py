@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from ._multiplex import Multiplexer
+
 __all__ = ["AsyncRedisStore", "RedisStore", "RedisSubscription"]
 
 DEFAULT_SOCKET_TIMEOUT = 0.25
@@ -565,8 +567,20 @@ class AsyncRedisStore:
     closed when the loop ends.
     """
 
-    def __init__(self, url: str, options: dict[str, Any], max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any],
+        max_pending: int = 10_000,
+        *,
+        clients: PerLoop[Multiplexer] | None = None,
+    ) -> None:
         self.url = url
+        #: what this face raises when Redis fails (as the sync face)
+        self.failures: tuple[type[BaseException], ...] = (_import_redis().RedisError,)
+        if clients is not None:  # built by a store that finds its server another way
+            self.clients = clients
+            return
         from ._multiplex import Multiplexer
 
         settings = {**_multiplexer_options(options), "max_pending": max_pending}
@@ -578,13 +592,11 @@ class AsyncRedisStore:
         for name in in_url:
             settings.pop(renamed.get(name, name), None)
         Multiplexer.from_url(url, **settings)  # the URL and options are checked now
-        self.clients: PerLoop[Multiplexer] = PerLoop(
+        self.clients = PerLoop(
             lambda: Multiplexer.from_url(url, **settings),
             aclose=Multiplexer.close,
             discard=Multiplexer.discard,
         )
-        #: what this face raises when Redis fails (as the sync face)
-        self.failures: tuple[type[BaseException], ...] = (_import_redis().RedisError,)
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self.clients.get().execute("GET", key)

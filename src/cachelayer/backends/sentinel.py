@@ -9,9 +9,13 @@ primary. While the sentinels still call the dead primary theirs (``down-after-
 milliseconds`` plus the election), calls fail at once (connection refused) or within the
 connect timeout, and the Cache fails open: callers get their loader's value.
 
-The asyncio face is redis-py's asyncio Sentinel master client, one per event loop
-(:class:`~cachelayer.backends._multihost.AsyncClientStore`); it does not multiplex as
-the Redis store's face does.
+The asyncio face multiplexes as the Redis store's does (one connection per event loop,
+every coroutine's commands pipelined on it): before each connection it asks the
+sentinels (``SENTINEL GET-MASTER-ADDR-BY-NAME``, each sentinel in turn) where the
+primary is, and a connection that fails -- or hears ``READONLY`` from a primary demoted
+to replica -- is dropped, so the next command connects to the promoted one. With
+``client=``, the face is redis-py's asyncio Sentinel client that ``async_client`` builds
+(:class:`~cachelayer.backends._multihost.AsyncClientStore`).
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ._multihost import AsyncClientStore, no_retry, parse_hosts_url
+from .base import AsyncStore
 from .redis import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SOCKET_TIMEOUT,
+    AsyncRedisStore,
     RedisStore,
     _import_redis,
+    _multiplexer_options,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
     import redis.asyncio
     import redis.sentinel
 
-__all__ = ["AsyncSentinelStore", "SentinelStore"]
+__all__ = ["AsyncSentinelStore", "SentinelStore", "multiplexed_face"]
 
 SCHEMES = ("redis+sentinel", "valkey+sentinel")
 DEFAULT_PORT = 26379
@@ -87,7 +94,7 @@ class SentinelStore(RedisStore):
         self.sentinel: redis.sentinel.Sentinel | None = None
         self._owns_master = client is None
         if client is not None:
-            face = AsyncSentinelStore(None, "", {}, {}, async_client)
+            face: AsyncStore = AsyncSentinelStore(None, "", {}, {}, async_client)
             super().__init__(client=client, pool_timeout=pool_timeout, asynchronous=face)
             self.url = url or "redis+sentinel://(client)"
             return
@@ -131,7 +138,7 @@ class SentinelStore(RedisStore):
         master = self.sentinel.master_for(  # type: ignore[no-untyped-call]
             service, retry=no_retry(), **master_settings
         )
-        face = AsyncSentinelStore(parsed.hosts, service, sentinel_settings, master_settings)
+        face = multiplexed_face(url, parsed.hosts, service, sentinel_settings, master_settings)
         super().__init__(client=master, pool_timeout=pool_timeout, asynchronous=face)
         self.url = url
 
@@ -205,3 +212,84 @@ class AsyncSentinelStore(AsyncClientStore):
         super().__init__(
             make_client, aclose, sharded=False, failures=(_import_redis().RedisError,)
         )
+
+
+class _Sentinels:
+    """Where the primary is, asked of each sentinel in turn (one event loop's clients).
+
+    The sentinel that answered is asked first next time."""
+
+    def __init__(
+        self, hosts: list[tuple[str, int]], service: str, settings: dict[str, Any]
+    ) -> None:
+        from ._multiplex import Multiplexer
+
+        self.service = service
+        self.clients = [
+            Multiplexer(host, port, **_multiplexer_options(settings)) for host, port in hosts
+        ]
+
+    async def primary(self) -> tuple[str, int]:
+        errors = _import_redis()
+        problems: list[str] = []
+        for index, client in enumerate(self.clients):
+            try:
+                reply = await client.execute("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            except errors.RedisError as exc:
+                problems.append(f"{client.address}: {exc}")
+                continue
+            if not reply:
+                problems.append(f"{client.address}: does not monitor {self.service!r}")
+                continue
+            if index:
+                self.clients.insert(0, self.clients.pop(index))
+            host, port = reply
+            return host.decode(), int(port)
+        raise errors.ConnectionError(
+            f"no sentinel gave the address of {self.service!r}: {'; '.join(problems)}"
+        )
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+    def discard(self) -> None:
+        for client in self.clients:
+            client.discard()
+
+
+def multiplexed_face(
+    url: str,
+    hosts: list[tuple[str, int]],
+    service: str,
+    sentinel_settings: dict[str, Any],
+    master_settings: dict[str, Any],
+) -> AsyncRedisStore:
+    """The asyncio face of a Sentinel URL: the Redis store's multiplexed face, with its
+    connections pointed at wherever the sentinels say the primary is."""
+    from ._multiplex import Multiplexer
+    from ._perloop import PerLoop
+
+    settings = _multiplexer_options({k: v for k, v in master_settings.items() if k != "protocol"})
+
+    class Primary(Multiplexer):
+        """A Multiplexer to the primary that owns its loop's sentinel clients."""
+
+        def __init__(self) -> None:
+            self.sentinels = _Sentinels(hosts, service, sentinel_settings)
+            super().__init__(hosts[0][0], hosts[0][1], resolve=self.sentinels.primary, **settings)
+
+        async def close(self) -> None:
+            await super().close()
+            await self.sentinels.aclose()
+
+        def discard(self) -> None:
+            super().discard()
+            self.sentinels.discard()
+
+    Primary()  # the settings are checked now
+    # (Called as methods, so Primary's own close and discard run.)
+    clients: PerLoop[Multiplexer] = PerLoop(
+        Primary, aclose=lambda client: client.close(), discard=lambda client: client.discard()
+    )
+    return AsyncRedisStore(url, {}, clients=clients)
