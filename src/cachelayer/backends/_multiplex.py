@@ -84,6 +84,8 @@ _ERROR_CLASSES: dict[str, type[Exception]] = {
     "NOAUTH": rx.AuthenticationError,
     "LOADING": rx.BusyLoadingError,
     "EXECABORT": rx.ExecAbortError,
+    "TRYAGAIN": rx.TryAgainError,
+    "CLUSTERDOWN": rx.ClusterDownError,
 }
 _CERT_REQS = {
     "none": ssl_module.CERT_NONE,
@@ -114,7 +116,11 @@ _POOL_ONLY = (
 
 def _reply_error(message: str) -> Exception:
     """Build the redis-py exception for an error reply (hiredis calls it per error)."""
-    return _ERROR_CLASSES.get(message.split(" ", 1)[0], rx.ResponseError)(message)
+    code, _, rest = message.partition(" ")
+    if code in ("MOVED", "ASK"):  # a cluster's redirection: "<slot> <host>:<port>"
+        with contextlib.suppress(ValueError):
+            return (rx.MovedError if code == "MOVED" else rx.AskError)(rest)
+    return _ERROR_CLASSES.get(code, rx.ResponseError)(message)
 
 
 class _Connection(asyncio.Protocol):

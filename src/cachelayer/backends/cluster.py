@@ -12,8 +12,16 @@ every primary.
 As for the Redis store: short timeouts and no client retries (the Cache's circuit breaker
 decides when to try again), but redis-py follows ``MOVED`` and ``ASK`` redirections and
 refreshes its slot map when a node fails, so a resharding or a replica's promotion costs
-a few failed calls, not a restart. The asyncio face uses redis-py's asyncio cluster
-client, one per event loop; it does not multiplex as the Redis store's face does.
+a few failed calls, not a restart. A ``MOVED`` updates the one slot it names
+(``reinitialize_steps=0``), without the full refresh redis-py makes by default every fifth
+one, whose asyncio form closes the connections of calls in flight.
+
+The asyncio face multiplexes as the Redis store's does, one connection per node and
+event loop, routing by slot itself (``_clustermux.py``); with ``client=`` (or an option
+only redis-py's cluster client knows) it is redis-py's asyncio cluster client that
+``async_client`` builds. The store publishes and subscribes (the local tier's purges):
+a cluster forwards ``PUBLISH`` to every node, and the subscription is a connection to the
+node of the channel's slot.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ._clustermux import multiplexed_cluster
 from ._multihost import AsyncClientStore, no_retry, parse_hosts_url
-from .base import AsyncStore, Item
+from .base import AsyncStore, Item, Subscription
 from .redis import (
     _DELETE_IF,
     _FILL,
@@ -34,6 +43,7 @@ from .redis import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SOCKET_TIMEOUT,
     SCAN_COUNT,
+    RedisSubscription,
     _import_redis,
     _key_str,
     _lease_result,
@@ -118,10 +128,21 @@ class ClusterStore:
                 "socket_connect_timeout": connect_timeout,
                 "username": parsed.username,
                 "password": parsed.password,
+                # After every 5th MOVED, redis-py re-reads the whole slot map, and its
+                # asyncio client does so by closing every node's connections, those of
+                # calls in flight too: during a resharding these calls failed, some with
+                # an AttributeError from inside redis-py that no fail-open catches. With
+                # 0, a MOVED updates the slot it names; a failed node still re-reads all.
+                "reinitialize_steps": 0,
                 **options,
                 **parsed.options,
             }
-        self._async = AsyncClusterStore(self._hosts, self._settings, async_client, client)
+        # The multiplexed face (one connection per node and loop), unless a ready client
+        # or an option only redis-py's cluster client knows asks for redis-py's.
+        face = None if client is not None else multiplexed_cluster(self._hosts, self._settings)
+        self._async: AsyncStore = face or AsyncClusterStore(
+            self._hosts, self._settings, async_client, client
+        )
 
     # The cluster client reads the slot map when it is built: built at first use, so a
     # Cache made while the cluster is down still starts (its calls fail open until then).
@@ -222,6 +243,14 @@ class ClusterStore:
             if batch:
                 count += int(client.unlink(*batch))
         return count
+
+    def publish(self, channel: str, message: bytes) -> int:
+        # A cluster forwards PUBLISH to every node: subscribers anywhere hear it.
+        return int(self._cluster()[0].publish(channel, message))
+
+    def subscribe(self, channel: str) -> Subscription:
+        # A connection of its own to the node serving the channel's slot.
+        return RedisSubscription(self._cluster()[0], channel)
 
     def close(self) -> None:
         with self._lock:
