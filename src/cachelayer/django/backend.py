@@ -38,7 +38,6 @@ from .._lock import Lock
 from .._purge import KEYS
 from .._steps import FAILED, Flow, Get, Keys, SetMany, Swap
 from ..backends import MemoryStore, Store, store_from_url
-from ..backends.redis import RedisStore
 from ..errors import CacheError, ConfigurationError
 from ._keymap import KeyTemplate, escape, glob_escape
 from ._shared import SharedCache, shared_cache
@@ -65,9 +64,10 @@ _memory_lock = threading.Lock()
 
 
 def _store_for(location: str) -> Store:
-    """The store ``location`` names; one memory store per memory URL in the process."""
+    """The store ``location`` names (Redis, Sentinel, Cluster...); one memory store per
+    memory URL in the process."""
     if location.partition("://")[0].lower() != "memory":
-        return RedisStore(location)
+        return store_from_url(location)
     with _memory_lock:
         store = _memory_stores.get(location)
         if store is None:
