@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .patterns import shape
@@ -391,12 +392,26 @@ _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "error": "bold red
 def main(args: argparse.Namespace) -> int:
     """Run ``cachelayer doctor``: 1 when any finding is an error, else 0."""
     import redis
+    from redis.exceptions import RedisClusterException
 
-    client = redis.Redis.from_url(args.redis, socket_timeout=5, socket_connect_timeout=5)
+    from ..errors import ConfigurationError
+    from ._connect import connect
+
     try:
-        findings = diagnose(client, pings=args.pings, sample_keys=args.sample_keys)
+        servers = connect(args.redis, timeout=5)
+    except (redis.exceptions.RedisError, RedisClusterException, ConfigurationError) as exc:
+        print(f"cachelayer doctor: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    findings: list[Finding] = []
+    try:
+        for node in servers.nodes:  # a cluster: every node, replicas included
+            found = diagnose(node, pings=args.pings, sample_keys=args.sample_keys)
+            if len(servers.nodes) > 1:
+                name = servers.name(node)
+                found = [replace(f, check=f"{name} {f.check}") for f in found]
+            findings += found
     finally:
-        client.close()
+        servers.close()
     code = 1 if any(f.severity == "error" for f in findings) else 0
     if args.json:
         print(json.dumps({"exit_code": code, "findings": [asdict(f) for f in findings]},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,6 +425,15 @@ def _info_field(client: Any, section: str, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def _sum_or_none(values: Iterable[int | None]) -> int | None:
+    total = 0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
+
+
 def _no_touch(client: Any) -> bool:
     """Ask the server not to refresh LRU/LFU clocks for our reads (Redis 7.2+)."""
     try:
@@ -446,25 +455,41 @@ def profile(
     match: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    nodes: Sequence[Any] | None = None,
 ) -> ProfileReport:
-    """Walk, summarise and estimate: the whole ``cachelayer profile`` run."""
+    """Walk, summarise and estimate: the whole ``cachelayer profile`` run.
+
+    ``nodes``: a Redis Cluster's primaries, one plain client each; each is walked in
+    turn (its share of ``max_keys`` and ``rate``) and ``client`` (a cluster client,
+    routing by key) reads the values the compression estimate needs.
+    """
     started = clock()
-    untouched = _no_touch(client) if read_values else None
-    dbsize = None
+    servers = list(nodes) if nodes else [client]
+    untouched = None
+    if read_values:
+        asked = [_no_touch(node) for node in servers]  # every node asked, none skipped
+        untouched = all(asked)
+    dbsize: int | None = 0
     try:
-        dbsize = int(client.dbsize())
+        for node in servers:
+            dbsize = (dbsize or 0) + int(node.dbsize())
     except Exception:  # DBSIZE denied: the coverage line is left out
         dbsize = None
-    records, complete = walk(
-        client,
-        max_keys=max_keys,
-        rate=rate,
-        sampling=sampling,
-        read_headers=read_values,
-        match=match,
-        clock=clock,
-        sleep=sleep,
-    )
+    records: list[KeyRecord] = []
+    complete = True
+    for node in servers:
+        found, done = walk(
+            node,
+            max_keys=max(1, max_keys // len(servers)),
+            rate=rate / len(servers),
+            sampling=sampling,
+            read_headers=read_values,
+            match=match,
+            clock=clock,
+            sleep=sleep,
+        )
+        records += found
+        complete = complete and done
     groups = summarise(records, read_headers=read_values, redact=redact)
     if read_values and compress_sample > 0:
         estimate_compression(client, records, groups, per_group=compress_sample)
@@ -476,7 +501,7 @@ def profile(
         seconds=clock() - started,
         sampling=sampling.describe(),
         dbsize=dbsize,
-        used_memory=_info_field(client, "memory", "used_memory"),
+        used_memory=_sum_or_none(_info_field(node, "memory", "used_memory") for node in servers),
         lru_untouched=untouched,
         redacted=redact,
     )

@@ -53,11 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``cachelayer profile``; 0 on success, 2 when the server cannot be read."""
     import redis
+    from redis.exceptions import RedisClusterException
 
-    client = redis.Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
+    from ..errors import ConfigurationError
+    from ._connect import connect
+
+    servers = None
     try:
+        servers = connect(args.redis, timeout=10)
         report = profile(
-            client,
+            servers.client,
+            nodes=servers.primaries if len(servers.primaries) > 1 else None,
             max_keys=args.max_keys,
             rate=args.rate,
             sampling=args.sample,
@@ -71,11 +77,12 @@ def main(args: argparse.Namespace) -> int:
               "It needs SCAN, MEMORY USAGE, PTTL, TYPE (and GETRANGE, GET unless "
               "--no-values).", file=sys.stderr)  # fmt: skip
         return 2
-    except redis.exceptions.RedisError as exc:
+    except (redis.exceptions.RedisError, RedisClusterException, ConfigurationError) as exc:
         print(f"cachelayer profile: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     finally:
-        client.close()
+        if servers is not None:
+            servers.close()
     if args.html:
         with open(args.html, "w", encoding="utf-8") as out:
             out.write(render_html(report))
