@@ -185,17 +185,19 @@ def make_cached(
         # Counted in the function's own block of the Cache's metrics (docs/observability.md).
         fe = engine.scoped(f"{func.__module__}.{func.__qualname__}")
         stats = fe.stats
+        # A key function is the user's: it may read state the arguments do not show.
+        key_of = remembered(keyfn, full) if not callable(key) else _built(keyfn, full)
 
         def store_key(*args: Any, **kwargs: Any) -> str:
-            return full(keyfn(args, kwargs))
+            return key_of(args, kwargs)
 
         def flow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Flow:
             tag_keys = [tag(fn(args, kwargs)) for fn in tagfns] if tagfns else ()
-            return read_through(fe, full(keyfn(args, kwargs)), options, tag_keys)
+            return read_through(fe, key_of(args, kwargs), options, tag_keys)
 
         def rewarm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             """refresh_after_write: load the entry again in the background."""
-            store = full(keyfn(args, kwargs))
+            store = key_of(args, kwargs)
             again = refresh(fe, store, options, [tag(fn(args, kwargs)) for fn in tagfns])
             loader = functools.partial(func, *args, **kwargs)
             if is_async:
@@ -204,7 +206,7 @@ def make_cached(
                 refresher.submit(store, functools.partial(drive, again, loader))
 
         def invalidate(*args: Any, **kwargs: Any) -> bool:
-            store = full(keyfn(args, kwargs))
+            store = key_of(args, kwargs)
             stats.invalidations += 1
             done = call(engine.delete_step([store]), False, True)
             if engine.purges:
@@ -214,7 +216,7 @@ def make_cached(
             return done is not FAILED and done > 0
 
         async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
-            store = full(keyfn(args, kwargs))
+            store = key_of(args, kwargs)
             stats.invalidations += 1
             done = await acall(engine.delete_step([store]), False, True)
             if engine.purges:
@@ -228,15 +230,13 @@ def make_cached(
         # with what was read. (Tagged calls read value and tokens together in the flow.)
         wrapper: Any
         if local is not None:
-            wrapper = _local_wrapper(
-                fe, func, keyfn, tagfns, options, is_async, memo=not callable(key)
-            )
+            wrapper = _local_wrapper(fe, func, key_of, tagfns, options, is_async)
         elif is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if tagfns:
                     return await adrive(flow(args, kwargs), lambda: func(*args, **kwargs))
-                key = full(keyfn(args, kwargs))
+                key = key_of(args, kwargs)
                 raw = await aget(key)
                 entry, state = first_look(fe, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
@@ -251,7 +251,7 @@ def make_cached(
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if tagfns:
                     return drive(flow(args, kwargs), lambda: func(*args, **kwargs))
-                key = full(keyfn(args, kwargs))
+                key = key_of(args, kwargs)
                 raw = get(key)
                 entry, state = first_look(fe, raw, None, options, key=key)
                 if state == FRESH and entry is not None and not entry.negative:
@@ -268,7 +268,7 @@ def make_cached(
         def jobs(calls: Iterable[Any]) -> list[Job]:
             made: list[Job] = []
             for args in as_args(calls):
-                store = full(keyfn(args, {}))  # built now: a bad argument raises at once
+                store = key_of(args, {})  # built now: a bad argument raises at once
                 tag_keys = [tag(fn(args, {})) for fn in tagfns]
                 made.append(
                     (
@@ -310,43 +310,18 @@ def make_cached(
 def _local_wrapper(
     engine: Engine,
     func: Callable[..., Any],
-    keyfn: Callable[[tuple[Any, ...], Mapping[str, Any]], str],
-    tagfns: Sequence[Callable[[tuple[Any, ...], Mapping[str, Any]], str]],
+    full: KeyOf,
+    tagfns: Sequence[KeyOf],
     options: ReadOptions,
     is_async: bool,
-    memo: bool,
 ) -> Any:
     """The wrapper of a Cache with a local tier: a local hit first, then the store path
     (which offers what it reads back to the tier; docs/local.md).
 
-    With ``memo`` (a template or automatic key: the same arguments always give the same
-    key), the store key of a call whose positional arguments are all exactly ``int`` or
-    ``str`` is remembered, so a hit skips building it. Only those two types: equal
-    tuples of them are identical, where ``1``, ``True`` and ``1.0`` are equal but must
-    give different keys.
     """
     local = engine.local
     assert local is not None
     lookup, tag, stats = local.get, engine.keys.tag, engine.stats
-    build = engine.keys.full
-    memo_size = _KEY_MEMO_SIZE if memo else 0
-    memory: dict[Any, str] = {}
-
-    def full(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-        if not kwargs and memo_size:
-            key = memory.get(args)  # (True,) finds (1,)'s key: the types decide
-            for arg in args:
-                kind = type(arg)
-                if kind is not int and kind is not str:
-                    return build(keyfn(args, kwargs))
-            if key is None:
-                key = build(keyfn(args, kwargs))
-                if len(memory) >= memo_size:
-                    memory.clear()
-                memory[args] = key
-            return key
-        return build(keyfn(args, kwargs))
-
     get, aget, drive, adrive = (
         engine.runner.get,
         engine.runner.aget,
@@ -405,8 +380,43 @@ def _local_wrapper(
     return sync_local
 
 
-#: store keys a local-tier wrapper remembers per function before starting over
+#: store keys a decorated function remembers before starting over
 _KEY_MEMO_SIZE = 4096
+
+#: ``(args, kwargs) -> key``
+KeyOf = Callable[[tuple[Any, ...], Mapping[str, Any]], str]
+
+
+def _built(keyfn: KeyOf, build: Callable[[str], str]) -> KeyOf:
+    """The store key of a call, built every time."""
+    return lambda args, kwargs: build(keyfn(args, kwargs))
+
+
+def remembered(keyfn: KeyOf, build: Callable[[str], str]) -> KeyOf:
+    """The store key of a call, remembered for calls whose positional arguments are all
+    exactly ``int`` or ``str`` (a template or automatic key: the same arguments always
+    give the same key), so a hit skips building it. Only those two types: equal tuples
+    of them are identical, where ``1``, ``True`` and ``1.0`` are equal but must give
+    different keys. At most ``_KEY_MEMO_SIZE`` are kept, then the memo starts over.
+    """
+    memory: dict[Any, str] = {}
+
+    def key_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        if kwargs:
+            return build(keyfn(args, kwargs))
+        key = memory.get(args)  # (True,) finds (1,)'s key: the types decide
+        for arg in args:
+            kind = type(arg)
+            if kind is not int and kind is not str:
+                return build(keyfn(args, kwargs))
+        if key is None:
+            key = build(keyfn(args, kwargs))
+            if len(memory) >= _KEY_MEMO_SIZE:
+                memory.clear()
+            memory[args] = key
+        return key
+
+    return key_of
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
