@@ -19,6 +19,8 @@ import redis
 
 from cachelayer import Cache, ConfigurationError, LocalTier, StoreUnavailable
 from cachelayer._local import MISSING
+from cachelayer.backends import MemoryStore
+from cachelayer.backends.base import SyncAsAsync
 from cachelayer.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,14 +272,67 @@ def test_close_stops_the_subscriber_and_disables_the_tier(redis_url: str) -> Non
         assert len(c.local) == 0
 
 
+class StoreWithoutPubSub:
+    """A store that cannot publish: a MemoryStore's store methods only."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    def asynchronous(self) -> SyncAsAsync:
+        return SyncAsAsync(self)  # type: ignore[arg-type]
+
+
+for _name in ("get", "get_many", "set", "set_many", "delete", "add", "lease", "fill",
+              "swap", "delete_if", "scan", "clear", "close"):  # fmt: skip
+    setattr(
+        StoreWithoutPubSub,
+        _name,
+        (lambda n: lambda self, *a, **k: getattr(self.inner, n)(*a, **k))(_name),
+    )
+
+
 def test_local_needs_a_publishing_store() -> None:
-    """memory:// (already in-process) and publish_invalidations=False are refused."""
-    with pytest.raises(ConfigurationError, match="memory:// is in-process"):
-        Cache("memory://", local={})
+    """A store that cannot publish, and publish_invalidations=False, are refused."""
+    with pytest.raises(ConfigurationError, match="cannot"):
+        Cache(StoreWithoutPubSub(), local={})  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="publish"):
-        Cache("memory://", publish_invalidations=True)
+        Cache(StoreWithoutPubSub(), publish_invalidations=True)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="needs publish_invalidations"):
         Cache("redis://127.0.0.1:1/0", local={}, publish_invalidations=False)
+
+
+async def test_memory_store_carries_a_local_tier() -> None:
+    """memory:// publishes in-process: two Caches on one MemoryStore keep their tiers
+    coherent, and a decorated hit is served from the tier (the same object)."""
+    store = MemoryStore()
+    a = Cache(store, namespace="mem", local={"max_entries": 100})
+    b = Cache(store, namespace="mem", local={"max_entries": 100})
+    try:
+        assert a.wait_local(5)
+        assert b.wait_local(5)
+
+        @b.cached(ttl=60)
+        def profile(user_id: int) -> dict[str, int]:
+            return {"id": user_id, "v": a.get("v", 0)}
+
+        a.set("v", 1)
+        assert eventually(lambda: purges(b) == 1)
+        assert profile(7) == {"id": 7, "v": 1}  # loaded and filled
+        kept = profile(7)  # read from the store, kept in the tier
+        assert profile(7) is kept  # from the tier: the same object
+        assert b.stats().local_hits == 1
+        profile.invalidate(7)
+        a.set("v", 2)
+        assert eventually(lambda: purges(b) == 2)
+        assert profile(7) == {"id": 7, "v": 2}
+        b.set("x", "from b")
+        assert eventually(lambda: purges(a) == 1)
+        assert a.get("x") == "from b"
+        await a.aset("x", "from a")
+        assert eventually(lambda: b.get("x") == "from a")
+    finally:
+        a.close()
+        b.close()
 
 
 def test_processes_see_no_stale_value_after_the_window(redis_url: str) -> None:

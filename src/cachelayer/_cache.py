@@ -92,6 +92,8 @@ class Cache:
         publish_invalidations: publish every invalidation for other processes' local
             tiers. Default: only when ``local`` is set; turn it on in processes that
             write without a local tier of their own (workers, cron jobs).
+        publish_stats: write this process's figures for the namespace to the store every
+            N seconds (``True``: 10) for ``cachelayer stats`` (docs/observability.md).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Cache:
         rng: Callable[[], float] = random.random,
         local: LocalTier | Mapping[str, Any] | None = None,
         publish_invalidations: bool | None = None,
+        publish_stats: float | bool = False,
     ) -> None:
         if on_error not in ("ignore", "raise"):
             raise ConfigurationError(f"on_error={on_error!r} must be 'ignore' or 'raise'")
@@ -159,9 +162,8 @@ class Cache:
         ):
             raise ConfigurationError(
                 f"{'local=' if tier is not None else 'publish_invalidations'} needs a store "
-                f"that can publish invalidations (Redis, Valkey, Sentinel); "
+                "that can publish invalidations (Redis, Valkey, Sentinel, Cluster, memory); "
                 f"{type(store).__name__} cannot"
-                + (" (memory:// is in-process already)" if self.url.startswith("memory") else "")
             )
         keybuilder = KeyBuilder(namespace, version, max_key_length)
         self._metrics = Metrics()
@@ -206,6 +208,12 @@ class Cache:
         self.lease_wait = self.engine.lease_wait
         self.tag_ttl = self.engine.tag_ttl
         register(self)
+        #: takes this Cache out of the fleet publisher (``publish_stats``), or None
+        self._unpublish: Callable[[], None] | None = None
+        if publish_stats is not False:
+            from ._fleet import join_fleet  # off by default: not imported until asked for
+
+            self._unpublish = join_fleet(self, publish_stats)
 
     def __repr__(self) -> str:
         return f"Cache({self.url!r}, namespace={self.engine.keys.namespace!r})"
@@ -761,6 +769,8 @@ class Cache:
         """Stop the local tier's subscriber, finish background refreshes, then close the
         store's connections."""
         unregister(self)
+        if self._unpublish is not None:
+            self._unpublish()
         if self._subscriber is not None:
             self._subscriber.stop()
         self.engine.runner.close()
@@ -769,6 +779,8 @@ class Cache:
         """Stop the local tier's subscriber, cancel this loop's background refreshes,
         then close both faces' connections."""
         unregister(self)
+        if self._unpublish is not None:
+            await asyncio.to_thread(self._unpublish)
         if self._subscriber is not None:
             await asyncio.to_thread(self._subscriber.stop)
         await self.engine.runner.aclose()

@@ -11,7 +11,7 @@ from cachelayer.backends.redis import RedisStore
 from cachelayer.testing_contract import PublisherContract, StoreContract
 
 
-class TestMemoryStore(StoreContract):
+class TestMemoryStore(StoreContract, PublisherContract):
     """The process-memory store."""
 
     def make_store(self) -> Store:

@@ -3,12 +3,15 @@
 Thread-safe (one lock, held for dictionary work only) and usable from asyncio through
 :class:`~cachelayer.backends.base.SyncAsAsync`, since no call ever waits on I/O. Each
 process has its own copy: invalidations in one process do not reach another (use Redis
-for that).
+for that). It publishes and subscribes within the process
+(:class:`~cachelayer.backends.base.Publisher`), so Caches sharing one store -- and a
+Cache's local tier, ``Cache("memory://", local=...)`` -- hear each other's purges.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import re
 import threading
 import time
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..errors import ConfigurationError
 from .base import AsyncStore, Item, SyncAsAsync
 
-__all__ = ["MemoryStore", "compile_glob", "parse_size"]
+__all__ = ["MemoryStore", "MemorySubscription", "compile_glob", "parse_size"]
 
 # Bookkeeping per entry (dict slot, tuple, bytes header), charged against max_bytes so a
 # flood of tiny entries cannot exceed the budget by an order of magnitude.
@@ -119,6 +122,7 @@ class MemoryStore:
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
         self._async: AsyncStore | None = None
+        self._subscriptions: dict[str, list[MemorySubscription]] = {}
 
     # -- helpers; all run under self._lock ------------------------------------------------
 
@@ -262,8 +266,31 @@ class MemoryStore:
 
     def asynchronous(self) -> AsyncStore:
         if self._async is None:
-            self._async = SyncAsAsync(self)
+            self._async = _AsyncMemoryStore(self)
         return self._async
+
+    # -- in-process publish/subscribe -------------------------------------------------------
+
+    def publish(self, channel: str, message: bytes) -> int:
+        with self._lock:
+            subscriptions = list(self._subscriptions.get(channel, ()))
+        for subscription in subscriptions:
+            subscription.messages.put(message)
+        return len(subscriptions)
+
+    def subscribe(self, channel: str) -> MemorySubscription:
+        subscription = MemorySubscription(self, channel)
+        with self._lock:
+            self._subscriptions.setdefault(channel, []).append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: MemorySubscription) -> None:
+        with self._lock:
+            listeners = self._subscriptions.get(subscription.channel, [])
+            if subscription in listeners:
+                listeners.remove(subscription)
+            if not listeners:
+                self._subscriptions.pop(subscription.channel, None)
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -277,3 +304,32 @@ class MemoryStore:
     def bytes_used(self) -> int:
         """Bytes charged against ``max_bytes`` now (expired entries count until touched)."""
         return self._bytes
+
+
+class MemorySubscription:
+    """A subscription to one channel of a :class:`MemoryStore` (a queue of its own)."""
+
+    def __init__(self, store: MemoryStore, channel: str) -> None:
+        self.store, self.channel = store, channel
+        self.messages: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def receive(self, timeout: float) -> bytes | None:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.store._unsubscribe(self)  # noqa: SLF001 (its own store's bookkeeping)
+
+
+class _AsyncMemoryStore(SyncAsAsync):
+    """The asyncio face of a MemoryStore: the sync calls (none waits on I/O), and
+    publishing."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self._memory = store
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        return self._memory.publish(channel, message)
