@@ -1,114 +1,34 @@
 """The Redis Cluster store on a real local cluster: 3 primaries with a replica each.
 
-The cluster is started once for this module from the redis-server binary the suite finds
-(``find_server_binary``): six servers in cluster mode, each in a temp dir on free ports,
-joined through redis-py alone (CLUSTER MEET, ADDSLOTSRANGE, REPLICATE; no redis-cli),
-and stopped by their pids at the end.
+The cluster (conftest.py's ``cluster``, started by ``_topology.LocalCluster``) is shared
+by the test session: six servers in cluster mode from the redis-server binary the suite
+finds (``find_server_binary``), each in a temp dir on free ports, joined through redis-py
+alone (CLUSTER MEET, ADDSLOTSRANGE, REPLICATE; no redis-cli), and stopped by their pids
+at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from cachelayer import Cache
 from cachelayer.backends import Store, store_from_url
 from cachelayer.backends.cluster import ClusterStore
 from cachelayer.errors import ConfigurationError, StoreBusy
-from cachelayer.testing import RedisServer, free_port
-from cachelayer.testing_contract import Face, StoreContract
+from cachelayer.testing import free_port
+from cachelayer.testing_contract import Face, PublisherContract, StoreContract
 
 from ._cache_e2e import CacheEndToEnd
+from ._topology import HOST, LocalCluster, wait_for
 
 PRIMARIES = 3
-SLOTS = 16384
-HOST = "127.0.0.1"
 
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the test cluster did not come up: {what} after {timeout} s")
-        time.sleep(0.05)
-
-
-def form_cluster(servers: list[RedisServer], buses: list[int]) -> None:
-    """Join ``servers`` into one cluster: the first PRIMARIES own the slots in equal
-    ranges, each of the others replicates one of them."""
-    nodes = [redis.Redis(HOST, s.port, socket_timeout=5, decode_responses=True) for s in servers]
-    try:
-        ids = [node.execute_command("CLUSTER MYID") for node in nodes]
-        for server, bus in zip(servers[1:], buses[1:], strict=True):
-            nodes[0].execute_command("CLUSTER MEET", HOST, server.port, bus)
-        for i, node in enumerate(nodes[:PRIMARIES]):
-            first, last = i * SLOTS // PRIMARIES, (i + 1) * SLOTS // PRIMARIES - 1
-            node.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
-
-        def all_known() -> bool:
-            # (redis-py parses CLUSTER NODES into {address: {"flags": ..., ...}})
-            return all(
-                sum(
-                    "handshake" not in n["flags"]
-                    for n in node.execute_command("CLUSTER NODES").values()
-                )
-                == len(nodes)
-                for node in nodes
-            )
-
-        _wait("every node knows every other", all_known)
-        for i, node in enumerate(nodes[PRIMARIES:]):
-            node.execute_command("CLUSTER REPLICATE", ids[i % PRIMARIES])
-
-        def ready() -> bool:
-            infos = [node.execute_command("CLUSTER INFO") for node in nodes]
-            links = [node.info("replication") for node in nodes[PRIMARIES:]]
-            return all(info["cluster_state"] == "ok" for info in infos) and all(
-                link.get("master_link_status") == "up" for link in links
-            )
-
-        _wait("cluster_state:ok and every replica in sync", ready)
-    finally:
-        for node in nodes:
-            node.close()
-
-
-@pytest.fixture(autouse=True)
-def _collect_stray_sockets() -> Iterator[None]:
-    """redis-py's asyncio cluster client leaves some node connections (and, after a full
-    pool, ClusterNode objects) of a closed loop to the garbage collector, with a
-    ResourceWarning. Collect them here, where they come from, with that warning alone
-    silenced, rather than failing whichever test happens to run next. (A leak to chase
-    in the async cluster face: noted for issue 12.)"""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
-@pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    """A redis+cluster:// URL of a fresh 6-node cluster (stopped by pid at the end)."""
-    buses = [free_port() for _ in range(2 * PRIMARIES)]
-    cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000")  # fmt: skip
-    servers = [RedisServer(args=(*cluster_args, "--cluster-port", str(bus))) for bus in buses]
-    try:
-        for server in servers:
-            server.start()
-        form_cluster(servers, buses)
-        yield "redis+cluster://" + ",".join(f"{HOST}:{s.port}" for s in servers[:2])
-    finally:
-        for server in servers:
-            server.close()
+pytestmark = pytest.mark.usefixtures("collect_stray_sockets")
 
 
 def _store(url: str) -> ClusterStore:
@@ -116,7 +36,7 @@ def _store(url: str) -> ClusterStore:
     return ClusterStore(url, socket_timeout=2.0, connect_timeout=2.0)
 
 
-class TestClusterStore(StoreContract):
+class TestClusterStore(StoreContract, PublisherContract):
     """The contract suite on the cluster, sync and async faces.
 
     The suite pairs keys like ``<prefix>k`` and ``<prefix>lease`` in its atomic steps,
@@ -215,10 +135,22 @@ async def test_ready_clients(cluster_url: str) -> None:
         await async_face.get("k")
 
 
-async def test_async_pool_full_is_store_busy(cluster_url: str) -> None:
-    """On the asyncio face a full connection pool is StoreBusy (this process's
-    congestion, a miss that never opens the breaker), not a store failure."""
-    store = ClusterStore(cluster_url + "?max_connections=1", socket_timeout=2.0)
+async def test_async_pool_full_is_store_busy(cluster: LocalCluster) -> None:
+    """On redis-py's asyncio face (``async_client=``) a full connection pool is StoreBusy
+    (this process's congestion, a miss that never opens the breaker), not a failure."""
+    from redis.asyncio.cluster import ClusterNode as AsyncNode
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    seed = [ClusterNode("127.0.0.1", cluster.servers[0].port)]
+    client = RedisCluster(startup_nodes=seed, socket_timeout=2.0)
+    store = ClusterStore(
+        client=client,
+        async_client=lambda: AsyncCluster(
+            startup_nodes=[AsyncNode("127.0.0.1", cluster.servers[0].port)],
+            max_connections=1,
+            socket_timeout=2.0,
+        ),
+    )
     face = store.asynchronous()
     try:
         replies = await asyncio.gather(
@@ -228,4 +160,91 @@ async def test_async_pool_full_is_store_busy(cluster_url: str) -> None:
         assert all(reply is None or isinstance(reply, StoreBusy) for reply in replies)
     finally:
         await face.close()
+        client.close()
+
+
+async def test_async_face_multiplexes_per_node(cluster: LocalCluster, cluster_url: str) -> None:
+    """The URL's asyncio face: 300 concurrent calls over keys of every node, one
+    connection per node, each answered."""
+    store = ClusterStore(cluster_url + "?client_name=mux-cluster", socket_timeout=2.0)
+    face = store.asynchronous()
+    keys = [f"mux:{i}" for i in range(30)]
+    try:
+        await face.set_many([(k, k.encode(), 60) for k in keys])
+        replies = await asyncio.gather(*(face.get(keys[i % 30]) for i in range(300)))
+        assert replies == [keys[i % 30].encode() for i in range(300)]
+        assert await face.get_many([*keys, "mux:absent"]) == [k.encode() for k in keys] + [None]
+        named = []
+        for index in cluster.primary_indexes():
+            node = cluster.node(index)
+            named.append(sum(1 for c in node.client_list() if c.get("name") == "mux-cluster"))
+            node.close()
+        assert named == [1] * len(named)
+        assert await face.delete(keys) == 30
+    finally:
+        await face.close()
         store.close()
+
+
+def test_local_tiers_stay_coherent_on_a_cluster(cluster_url: str) -> None:
+    """Two Caches (two processes' worth) with local tiers on a cluster: purges published
+    through one node reach the other's subscription on another."""
+    namespace = f"cl{uuid.uuid4().hex[:8]}"
+    a = Cache(cluster_url, namespace=namespace, local={"max_entries": 100})
+    b = Cache(cluster_url, namespace=namespace, local={"max_entries": 100})
+    try:
+        assert a.wait_local(5)
+        assert b.wait_local(5)
+
+        def purges() -> int:
+            local = b.stats().local
+            assert local is not None
+            return local.purges
+
+        a.set("k", 1)
+        wait_for("the first purge", lambda: purges() == 1)
+        assert b.get("k") == 1
+        assert b.get("k") == 1
+        assert b.stats().local_hits == 1
+        a.set("k", 2)
+        wait_for("the second purge", lambda: purges() == 2)
+        assert b.get("k") == 2
+    finally:
+        a.clear()
+        a.close()
+        b.close()
+
+
+def test_profile_and_doctor_read_every_node(
+    cluster: LocalCluster, cluster_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cachelayer profile` walks every primary (the totals match MEMORY USAGE summed
+    over all the keys); `cachelayer doctor` checks every node, replicas included."""
+    import json
+
+    from cachelayer.__main__ import main
+
+    namespace = f"prof{uuid.uuid4().hex[:6]}"
+    cache = Cache(cluster_url, namespace=namespace)
+    try:
+        for i in range(300):
+            cache.set(f"user:{i}", {"id": i, "name": "x" * (i % 50)}, ttl=600)
+        pattern = f"{namespace}:*"
+        assert main(["profile", "--redis", cluster_url, "--rate", "0", "--json",
+                     "--match", pattern]) == 0  # fmt: skip
+        report = json.loads(capsys.readouterr().out)
+        assert report["walked"] == 300
+        expected = 0
+        client = cache.store.client  # type: ignore[attr-defined]
+        for i in range(300):
+            expected += int(client.memory_usage(f"{namespace}:v1:user:{i}"))
+        total = sum(group["bytes"] for group in report["groups"])
+        assert abs(total - expected) <= 0.05 * expected
+        main(["doctor", "--redis", cluster_url, "--json", "--pings", "2"])
+        findings = json.loads(capsys.readouterr().out)["findings"]
+        ports = {s.port for s in cluster.servers}
+        named = {int(f["check"].split(" ")[0].rsplit(":", 1)[1]) for f in findings}
+        assert named == ports  # every node, primaries and replicas
+    finally:
+        cache.clear()
+        cache.close()

@@ -1,10 +1,10 @@
 """The Redis Sentinel store on real local instances: a primary, its replica, 3 sentinels.
 
-Started once for this module from the redis-server binary the suite finds
-(``find_server_binary``; a sentinel is that binary with ``--sentinel`` and a config file),
-each in a temp dir on a free port, and stopped by their pids at the end. The failover
-test, last in the file, kills the primary: the tests after it (if any ran in the same
-process) find the promoted replica through the sentinels.
+Started once for this module (``_topology.start_sentinel_group``) from the redis-server
+binary the suite finds (``find_server_binary``; a sentinel is that binary with
+``--sentinel`` and a config file), each in a temp dir on a free port, and stopped by their
+pids at the end. The failover test, last in the file, kills the primary: the tests after
+it (if any ran in the same process) find the promoted replica through the sentinels.
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
@@ -28,111 +24,23 @@ from cachelayer import Cache
 from cachelayer.backends import Store, store_from_url
 from cachelayer.backends.sentinel import SentinelStore
 from cachelayer.errors import ConfigurationError
-from cachelayer.testing import RedisServer, find_server_binary, free_port
 from cachelayer.testing_contract import PublisherContract, StoreContract
 
 from ._cache_e2e import CacheEndToEnd
+from ._topology import HOST, SERVICE, SentinelGroup, start_sentinel_group, wait_for
 
-HOST = "127.0.0.1"
-SERVICE = "mymaster"
 #: The sentinels call the primary down after this long without a reply.
 DOWN_AFTER_MS = 1000
-
-
-class SentinelProcess:
-    """One sentinel (``redis-server <conf> --sentinel``) in a temp dir, stopped by pid."""
-
-    def __init__(self, primary_port: int) -> None:
-        self.port = free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="cachelayer-sentinel-")
-        conf = Path(self._dir.name) / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\nbind {HOST}\nprotected-mode no\ndaemonize no\n"
-            f"dir {self._dir.name}\nloglevel warning\n"
-            f"sentinel monitor {SERVICE} {HOST} {primary_port} 2\n"
-            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} 10000\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n"
-        )
-        self.process = subprocess.Popen(  # our own binary and arguments
-            [find_server_binary(), str(conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._dir.cleanup()
-
-
-@dataclass
-class SentinelGroup:
-    primary: RedisServer
-    replica: RedisServer
-    sentinels: list[SentinelProcess]
-
-    @property
-    def url(self) -> str:
-        hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
-
-    def master_address(self) -> tuple[str, int]:
-        """The primary's address as the sentinels report it now."""
-        sentinel = Sentinel([(HOST, s.port) for s in self.sentinels], socket_timeout=1)
-        try:
-            host, port = sentinel.discover_master(SERVICE)
-            return str(host), int(port)
-        finally:
-            for client in sentinel.sentinels:
-                client.close()
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError):
-            if check():
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the test Sentinel group did not come up: {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[SentinelGroup]:
     """A primary, its replica and 3 sentinels watching them (stopped by pid at the end)."""
-    primary = RedisServer().start()
-    replica = RedisServer(args=("--replicaof", HOST, str(primary.port)))
-    sentinels: list[SentinelProcess] = []
+    group = start_sentinel_group(DOWN_AFTER_MS)
     try:
-        replica.start()
-        sentinels = [SentinelProcess(primary.port) for _ in range(3)]
-        link = redis.Redis(HOST, replica.port, decode_responses=True)
-        _wait("replica in sync", lambda: link.info("replication")["master_link_status"] == "up")
-        link.close()
-        watchers = [redis.Redis(HOST, s.port, decode_responses=True) for s in sentinels]
-
-        def sentinels_ready() -> bool:
-            states = [w.execute_command("SENTINEL MASTER", SERVICE) for w in watchers]
-            return all(
-                int(s["num-slaves"]) >= 1 and int(s["num-other-sentinels"]) == 2 for s in states
-            )
-
-        _wait("each sentinel sees the replica and the 2 others", sentinels_ready)
-        for watcher in watchers:
-            watcher.close()
-        yield SentinelGroup(primary, replica, sentinels)
+        yield group
     finally:
-        for sentinel in sentinels:
-            sentinel.stop()
-        replica.close()
-        primary.close()
+        group.close()
 
 
 def _store(url: str) -> SentinelStore:
@@ -233,7 +141,7 @@ def test_failover_under_load(group: SentinelGroup) -> None:
     for thread in threads:
         thread.start()
     try:
-        _wait("warm hits", lambda: cache.stats.hits > 500)
+        wait_for("warm hits", lambda: cache.stats.hits > 500)
         killed = time.monotonic()
         os.kill(group.primary.pid, signal.SIGKILL)
         group.primary.stop()  # reaps the process
