@@ -13,8 +13,9 @@ node share one socket and leave in one write.
 - **Redirections.** ``MOVED`` updates the slot it names and sends the command there;
   ``ASK`` sends ``ASKING`` and the command to the importing node (the map is unchanged).
   ``TRYAGAIN`` (a multi-key command in a slot half migrated) is sent again after
-  ``TRY_AGAIN_DELAY``. At most ``MAX_REDIRECTS`` tries per command; then it fails like
-  any store failure.
+  ``TRY_AGAIN_DELAY``, up to ``TRY_AGAIN_TRIES`` times (0.4 s, as redis-py's 16 attempts);
+  at most ``MAX_REDIRECTS`` redirections per command. Past either, it fails like any
+  store failure.
 - **Many keys.** ``MGET`` and ``DEL`` are split by slot, every slot's command issued at
   once (so each node gets its slots' commands in one write); ``set_many`` issues every
   write at once. ``scan`` walks every primary.
@@ -56,8 +57,9 @@ SLOTS = 16384
 MAX_REDIRECTS = 5
 #: seconds between two reads of the slot map after failures
 REFRESH_INTERVAL = 0.1
-#: seconds before a command that got TRYAGAIN is sent again
+#: seconds before a command that got TRYAGAIN is sent again, and how many times
 TRY_AGAIN_DELAY = 0.02
+TRY_AGAIN_TRIES = 20
 
 T = TypeVar("T")
 Address = tuple[str, int]
@@ -141,18 +143,24 @@ class ClusterClient:
         slot = key_slot(key.encode() if isinstance(key, str) else bytes(key))  # type: ignore[arg-type]
         address = await self.owner(slot)
         asking = False
-        for _ in range(MAX_REDIRECTS):
+        redirects = waits = 0
+        while redirects < MAX_REDIRECTS:
             try:
                 return await send(self.node(address), asking)
             except rx.MovedError as exc:  # (before AskError: MovedError is one)
                 address = (exc.host, exc.port)
                 self.slots[exc.slot_id] = address
                 asking = False
+                redirects += 1
             except rx.AskError as exc:
                 address, asking = (exc.host, exc.port), True
+                redirects += 1
             except rx.TryAgainError:
-                # A multi-key command in a slot being migrated, some keys moved already:
-                # the migration finishes within moments.
+                # A multi-key command (a key and its lease) in a slot being migrated, some
+                # of its keys moved already: the keys are moved within moments.
+                waits += 1
+                if waits > TRY_AGAIN_TRIES:
+                    raise
                 await asyncio.sleep(TRY_AGAIN_DELAY)
             except (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError):
                 self._stale = True  # a node failed or moved: read the map again soon

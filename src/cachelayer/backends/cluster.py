@@ -26,9 +26,11 @@ node of the channel's slot.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 from ._clustermux import multiplexed_cluster
@@ -58,7 +60,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClusterStore", "ClusterStore"]
 
+T = TypeVar("T")
+
 SCHEMES = ("redis+cluster", "valkey+cluster")
+#: seconds between two reads of the slot map after failed commands
+REREAD_INTERVAL = 0.5
 DEFAULT_PORT = 6379
 
 
@@ -69,6 +75,20 @@ def cluster_failures() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisClusterException
 
     return (redis_py.RedisError, RedisClusterException)
+
+
+def _noting_failures(method: Callable[..., T]) -> Callable[..., T]:
+    """Note a failed command, so the next one reads the slot map first."""
+
+    @functools.wraps(method)
+    def call(self: ClusterStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except self.failures:
+            self._failed_at = time.monotonic()
+            raise
+
+    return call
 
 
 class ClusterStore:
@@ -110,6 +130,9 @@ class ClusterStore:
         self._owns_client = client is None
         self._settings: dict[str, Any] = {}
         self._hosts: list[tuple[str, int]] = []
+        # When a command last failed (0.0: none since the map was read again), and when
+        # the map was last read again.
+        self._failed_at = self._reread_at = 0.0
         if client is not None:
             self.url = url or "redis+cluster://(client)"
             self._built = (client, _Scripts(client))
@@ -148,6 +171,8 @@ class ClusterStore:
     # Cache made while the cluster is down still starts (its calls fail open until then).
     def _cluster(self) -> tuple[Any, _Scripts]:
         built = self._built
+        if self._failed_at and built is not None:
+            self._reread_map(built[0])
         if built is None:
             with self._lock:
                 if self._built is None:
@@ -162,21 +187,41 @@ class ClusterStore:
                 built = self._built
         return built
 
+    def _reread_map(self, client: Any) -> None:
+        """After a command failed, read the slot map again before the next one (at most
+        every ``REREAD_INTERVAL``). redis-py re-reads it only as a command fails: after a
+        failover, the breaker's probe would still go to the dead node, fail, and keep the
+        breaker open another cooldown (hits came back after 10 s instead of 5)."""
+        now = time.monotonic()
+        if now - self._reread_at < REREAD_INTERVAL or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._reread_at = now
+            client.nodes_manager.initialize()
+            self._failed_at = 0.0
+        except Exception:  # noqa: S110 (still failing: the command fails open as it would)
+            pass
+        finally:
+            self._lock.release()
+
     @property
     def client(self) -> redis.cluster.RedisCluster:
         """The redis-py cluster client (built on first use)."""
         client: redis.cluster.RedisCluster = self._cluster()[0]
         return client
 
+    @_noting_failures
     def get(self, key: str) -> bytes | None:
         value: bytes | None = self._cluster()[0].execute_command("GET", key)
         return value
 
+    @_noting_failures
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         return list(self._cluster()[0].mget_nonatomic(list(keys)))
 
+    @_noting_failures
     def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
         client, scripts = self._cluster()
         if void is None:
@@ -184,6 +229,7 @@ class ClusterStore:
         else:
             scripts.set_void(keys=[key, void], args=[value, _ms(ttl)])
 
+    @_noting_failures
     def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
         if not items:
             return
@@ -195,21 +241,26 @@ class ClusterStore:
                 pipe.execute_command(*_set_args(key, value, ttl))
         pipe.execute()
 
+    @_noting_failures
     def delete(self, keys: Sequence[str]) -> int:
         # One DEL per slot: each slot's keys (a key and its lease) go atomically.
         return int(self._cluster()[0].delete(*keys)) if keys else 0
 
+    @_noting_failures
     def add(self, key: str, value: bytes, ttl: float | None) -> bool:
         return bool(self._cluster()[0].execute_command(*_set_args(key, value, ttl), "NX"))
 
+    @_noting_failures
     def lease(self, key: str, lease: str, token: bytes, ttl: float) -> bytes | bool:
         scripts = self._cluster()[1]
         return _lease_result(scripts.lease(keys=[key, lease], args=[token, _ms(ttl)]))
 
+    @_noting_failures
     def fill(self, key: str, value: bytes, ttl: float | None, lease: str, token: bytes) -> bool:
         scripts = self._cluster()[1]
         return bool(scripts.fill(keys=[key, lease], args=[token, value, _ms(ttl)]))
 
+    @_noting_failures
     def swap(
         self,
         key: str,
@@ -222,6 +273,7 @@ class ClusterStore:
         scripts = self._cluster()[1]
         return bool(scripts.swap(**_swap_args(key, expected, value, ttl, void, keep_ttl)))
 
+    @_noting_failures
     def delete_if(self, key: str, token: bytes) -> bool:
         return bool(self._cluster()[1].delete_if(keys=[key], args=[token]))
 
@@ -230,6 +282,7 @@ class ClusterStore:
         for key in self._cluster()[0].scan_iter(match=pattern, count=SCAN_COUNT):
             yield _key_str(key)
 
+    @_noting_failures
     def clear(self, prefix: str) -> int:
         client = self._cluster()[0]
         count = 0
@@ -244,6 +297,7 @@ class ClusterStore:
                 count += int(client.unlink(*batch))
         return count
 
+    @_noting_failures
     def publish(self, channel: str, message: bytes) -> int:
         # A cluster forwards PUBLISH to every node: subscribers anywhere hear it.
         return int(self._cluster()[0].publish(channel, message))
