@@ -1,5 +1,7 @@
 """The ``cachelayer`` command: ``cachelayer demo`` runs the story end to end (docs/demo.md);
-``cachelayer profile`` and ``cachelayer doctor`` look at a Redis (docs/operations.md)."""
+``cachelayer profile`` and ``cachelayer doctor`` look at a Redis (docs/operations.md);
+``cachelayer stats`` sums what the fleet's caches publish (docs/observability.md);
+``cachelayer listen`` applies a namespace's invalidation events (docs/events.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cli.add_arguments(demo)
     ops = _add_operations(commands)
+    from .cli import add_listen
+
+    listen = add_listen(commands)
     args = parser.parse_args(argv)
+    if args.command == listen:
+        if find_spec("redis") is None:
+            print('cachelayer listen needs redis-py: pip install "cachelayer[redis]"',
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        code: int = args.run(args)
+        return code
     if args.command in ops:
         return _run_operation(args)
     missing = [name for name in ("django", "gunicorn", "rich") if find_spec(name) is None]
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_operations(commands: Any) -> set[str]:
-    from .cli import doctor, profile_output
+    from .cli import doctor, profile_output, stats
 
     profile = commands.add_parser(
         "profile",
@@ -54,7 +66,17 @@ def _add_operations(commands: Any) -> set[str]:
     )
     doctor.add_arguments(check)
     check.set_defaults(run=doctor.main)
-    return {"profile", "doctor"}
+    fleet = commands.add_parser(
+        "stats",
+        help="the figures every process publishes: hit ratio, loads, reads avoided, cost",
+        description="Sum the figures the processes of a namespace publish "
+        "(Cache(publish_stats=10)): hit ratio, loads/s, database reads avoided, stale "
+        "serves, errors, invalidation lag, per function; cost estimates "
+        "(docs/observability.md).",
+    )
+    stats.add_arguments(fleet)
+    fleet.set_defaults(run=stats.main)
+    return {"profile", "doctor", "stats"}
 
 
 def _run_operation(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._breaker import CircuitBreaker
 from ._decorator import CacheDecorator, make_cached
@@ -36,6 +36,9 @@ from ._warm import Job, Progress, WarmResult, run_async, run_sync
 from .backends import AsyncStore, Store, store_from_url
 from .backends.base import AsyncPublisher, Publisher
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .events import Signer
 
 __all__ = ["Cache"]
 
@@ -249,8 +252,7 @@ class Cache:
         value = local.get(full)
         if value is not MISSING:
             stats = self.engine.stats
-            stats.hits += 1
-            stats.local_hits += 1
+            stats.local_hits += 1  # (and so in hits: Stats.count)
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -413,6 +415,40 @@ class Cache:
         step = self.engine.invalidate_tags_step(tags)
         tag_keys = [key for key, _, _ in step.items]
         return await self.engine.awrite(step, TAGS, tag_keys, True) is not FAILED
+
+    def publish_invalidation(
+        self,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        *,
+        signer: Signer,
+        **options: Any,
+    ) -> str:
+        """Publish a signed invalidation event of ``keys`` and ``tags`` on this
+        namespace's Redis stream, for every consumer (any process, any language) to apply
+        (docs/events.md). Nothing is invalidated here. ``options``: those of
+        :func:`cachelayer.events.publish_invalidation` (``stream``, ``origin``,
+        ``maxlen``, ``client``). Returns the stream entry id.
+
+        Raises:
+            StoreUnavailable: the event could not be written (publishing again is safe).
+        """
+        from .events import publish_invalidation
+
+        return publish_invalidation(self, keys, tags, signer=signer, **options)
+
+    async def apublish_invalidation(
+        self,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        *,
+        signer: Signer,
+        **options: Any,
+    ) -> str:
+        """``publish_invalidation`` for asyncio code."""
+        from .events import apublish_invalidation
+
+        return await apublish_invalidation(self, keys, tags, signer=signer, **options)
 
     def invalidate_after_commit(
         self,

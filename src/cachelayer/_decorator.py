@@ -345,8 +345,7 @@ def _local_wrapper(
             key = full(args, kwargs)
             value = lookup(key)
             if value is not MISSING:
-                stats.hits += 1
-                stats.local_hits += 1
+                stats.local_hits += 1  # (and so in hits: Stats.count)
                 return value
             if tagfns:
                 tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]
@@ -364,8 +363,7 @@ def _local_wrapper(
         key = full(args, kwargs)
         value = lookup(key)
         if value is not MISSING:
-            stats.hits += 1
-            stats.local_hits += 1
+            stats.local_hits += 1  # (and so in hits: Stats.count)
             return value
         if tagfns:
             tag_keys = [tag(fn(args, kwargs)) for fn in tagfns]

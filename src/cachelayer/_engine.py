@@ -63,6 +63,8 @@ class Engine:
         local: the local tier (``Cache(local=...)``), or None.
         purge_channel: the channel invalidations are published on, or None when this
             Cache does not publish them.
+        name: the decorated function (``module.qualname``) whose block ``stats`` is, or
+            ``""`` for the Cache's own.
     """
 
     def __init__(
@@ -97,6 +99,8 @@ class Engine:
         self.raise_errors = raise_errors
         self.local = local
         self.purge_channel = purge_channel
+        #: the function whose block this engine counts in ("": the Cache's own calls)
+        self.name = ""
         #: invalidations are purged: from a local tier, or published to other processes
         self.purges = local is not None or purge_channel is not None
         #: names this Cache's purge messages (its own subscriber skips them)
@@ -114,6 +118,7 @@ class Engine:
         events)."""
         view = copy.copy(self)
         view.stats = self.metrics.group(name)
+        view.name = name
         return view
 
     # -- entries ---------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class StatsSnapshot:
     @classmethod
     def of(cls, stats: Stats, **extra: Any) -> StatsSnapshot:
         """The snapshot of one counter block."""
-        counts = {name: getattr(stats, name) for name in COUNTERS}
+        counts: dict[str, Any] = {name: stats.count(name) for name in COUNTERS}
         return cls(
             **counts,
             errors_by_kind=dict(stats.errors_by_kind),
@@ -269,7 +269,7 @@ class StatsView:
 
     def __getattr__(self, name: str) -> int:
         if name in COUNTERS:
-            return sum(getattr(stats, name) for stats in self._metrics.blocks())
+            return sum(stats.count(name) for stats in self._metrics.blocks())
         raise AttributeError(f"Cache.stats has no counter {name!r}")
 
     def __dir__(self) -> list[str]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
+from . import _hooks as hooks
 from ._engine import Engine, lease_key
 from ._envelope import Entry
 from ._options import Fresh, ReadOptions
@@ -417,9 +418,14 @@ def _load_and_fill(
     stats = engine.stats
     lease, token = lease_key(key), claim.token
     stats.loads += 1
+    span = hooks.load_span
     started = time.perf_counter()
     try:
-        value = yield LOAD
+        if span is None:
+            value = yield LOAD
+        else:
+            with span(engine.name, engine.keys.namespace):
+                value = yield LOAD
     except Exception as exc:
         stats.load_seconds.observe(time.perf_counter() - started)
         stats.load_errors += 1
@@ -514,10 +520,15 @@ def refresh(
             return UNAVAILABLE
         tokens = _tokens(tag_keys, raws)
     stats.refreshes += 1
+    span = hooks.load_span
     started = time.perf_counter()
     try:
         try:
-            value = yield LOAD
+            if span is None:
+                value = yield LOAD
+            else:
+                with span(engine.name, engine.keys.namespace):
+                    value = yield LOAD
         finally:
             took = time.perf_counter() - started
             stats.load_seconds.observe(took)

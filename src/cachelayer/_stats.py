@@ -117,9 +117,18 @@ class Stats:
         self.errors_by_kind = {}
         self.load_seconds = Histogram(LOAD_BUCKETS)
 
+    def count(self, name: str) -> int:
+        """A counter's value. ``hits`` includes ``local_hits``: a local hit increments
+        only ``local_hits`` (one increment on the fastest path), so the raw ``hits``
+        attribute counts the hits the store answered."""
+        if name == "hits":
+            return self.hits + self.local_hits
+        value: int = getattr(self, name)
+        return value
+
     def snapshot(self) -> dict[str, int]:
         """The counters as a dict, plus ``hit_ratio`` as a per-mille int (0 with no reads)."""
-        counts: dict[str, int] = {name: getattr(self, name) for name in COUNTERS}
+        counts: dict[str, int] = {name: self.count(name) for name in COUNTERS}
         reads = counts["hits"] + counts["misses"]
         counts["hit_ratio_permille"] = (1000 * counts["hits"] // reads) if reads else 0
         return counts

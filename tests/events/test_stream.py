@@ -331,7 +331,7 @@ def test_the_cli_applies_events_and_stops_on_sigterm(
     keys.write_text(json.dumps({"k9": text_secret}), encoding="utf-8")
     listener = subprocess.Popen(
         [
-            sys.executable, "-m", "cachelayer.cli.listen",
+            sys.executable, "-m", "cachelayer", "listen",
             "--redis", redis_url, "--namespace", namespace, "--group", "cli",
             "--key-file", str(keys), "--block", "0.05", "--report", "0",
         ],
@@ -353,7 +353,7 @@ def test_the_cli_refuses_bad_settings(tmp_path: Path, redis_url: str) -> None:
     keys = tmp_path / "keys.json"
     keys.write_text('{"k": "short"}', encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "cachelayer.cli.listen", "--redis", redis_url,
+        [sys.executable, "-m", "cachelayer", "listen", "--redis", redis_url,
          "--namespace", "n", "--group", "g", "--key-file", str(keys)],
         capture_output=True, text=True, timeout=30,
         env={**os.environ, "CACHELAYER_EVENT_KEYS": ""},
@@ -407,3 +407,21 @@ def test_a_store_failure_keeps_the_event_for_later(
         assert consumer.counters.applied == 1
     finally:
         cache.close()
+
+
+async def test_cache_methods_publish_events(
+    events_cache: CacheFactory, consumers: ConsumerFactory, signer: Signer, verifier: Verifier
+) -> None:
+    """``cache.publish_invalidation`` and ``await cache.apublish_invalidation`` are the
+    functions of cachelayer.events, bound to the Cache."""
+    cache = events_cache()
+    cache.set("a", 1)
+    cache.set("b", 2)
+    consumer = consumers(cache, verifier)
+    assert consumer.poll() == 0
+    first = cache.publish_invalidation(keys=["a"], signer=signer)
+    second = await cache.apublish_invalidation(keys=["b"], signer=signer, origin="test")
+    assert first < second
+    assert consumer.poll(1.0) == 2
+    assert cache.get("a") is None
+    assert cache.get("b") is None

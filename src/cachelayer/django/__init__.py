@@ -31,11 +31,13 @@ from ._invalidation import ModelInvalidation, invalidate_on
 from ._shared import get_cache
 from ._types import register_django_types
 from .backend import CacheBackend
+from .metrics import metrics_view
 
 __all__ = [
     "CacheBackend",
     "ModelInvalidation",
     "get_cache",
     "invalidate_on",
+    "metrics_view",
     "register_django_types",
 ]
