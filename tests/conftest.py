@@ -115,14 +115,16 @@ def private_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def least_privilege_url(private_redis: RedisServer) -> str:
-    """A URL for the Redis user docs/guide.md lists: namespace ``shop``'s keys only, and
-    only the commands cachelayer sends."""
+    """A URL for the Redis user docs/security.md lists: namespace ``shop``'s keys and
+    purge channel only, and only the commands cachelayer sends to one Redis server (the
+    union of that page's per-feature table; tests/test_acl.py checks they agree)."""
     admin = redis.Redis.from_url(private_redis.url)
     admin.execute_command(
         "ACL", "SETUSER", "app", "reset", "on", ">app-pw",
-        "~shop:*", "~{shop:*",
-        "+get", "+mget", "+set", "+del", "+unlink", "+scan", "+ping",
-        "+evalsha", "+eval", "+script|load", "+script|exists",
+        "~shop:*", "~{shop:*", "&{shop:*",
+        "+get", "+mget", "+set", "+del", "+unlink", "+scan",
+        "+evalsha", "+script|load", "+script|exists",
+        "+publish", "+subscribe", "+ping",
     )  # fmt: skip
     admin.close()
     return f"redis://app:app-pw@127.0.0.1:{private_redis.port}/0"

@@ -637,15 +637,33 @@ def ssl_context(
     certfile: str | None = None,
     keyfile: str | None = None,
     check_hostname: bool | None = None,
+    password: str | None = None,
     **unsupported: Any,
 ) -> ssl_module.SSLContext:
-    """An SSLContext from redis-py's ``ssl_*`` URL options."""
+    """An SSLContext from redis-py's ``ssl_*`` URL options (``password`` opens an
+    encrypted ``keyfile``).
+
+    Raises:
+        ConfigurationError: an unsupported option, an unknown ``cert_reqs``, or a
+            certificate or key file that cannot be read (missing, malformed, wrong
+            ``password``).
+    """
     if unsupported:
         names = sorted("ssl_" + name for name in unsupported)
         raise ConfigurationError(f"TLS option(s) {names} not supported by the multiplexing client")
-    context = ssl_module.create_default_context(cafile=ca_certs, capath=ca_path)
-    if certfile:
-        context.load_cert_chain(certfile, keyfile)
+    if isinstance(cert_reqs, str) and cert_reqs.lower() not in _CERT_REQS:
+        raise ConfigurationError(
+            f"ssl_cert_reqs={cert_reqs!r} must be one of {', '.join(_CERT_REQS)}"
+        )
+    try:
+        context = ssl_module.create_default_context(cafile=ca_certs, capath=ca_path)
+        if certfile:
+            context.load_cert_chain(certfile, keyfile, password)
+    except OSError as exc:  # ssl.SSLError is one; the password is never in the message
+        files = {"ssl_ca_certs": ca_certs, "ssl_ca_path": ca_path, "ssl_certfile": certfile,
+                 "ssl_keyfile": keyfile}  # fmt: skip
+        named = ", ".join(f"{k}={v}" for k, v in files.items() if v)
+        raise ConfigurationError(f"TLS files could not be loaded ({named}): {exc}") from exc
     reqs = _CERT_REQS[cert_reqs.lower()] if isinstance(cert_reqs, str) else cert_reqs
     # check_hostname must be off before verify_mode may drop to CERT_NONE.
     context.check_hostname = (

@@ -581,7 +581,7 @@ class AsyncRedisStore:
         if clients is not None:  # built by a store that finds its server another way
             self.clients = clients
             return
-        from ._multiplex import Multiplexer
+        from ._multiplex import Multiplexer, ssl_context
 
         settings = {**_multiplexer_options(options), "max_pending": max_pending}
         # As redis-py does for the sync face, what the URL says wins over keywords.
@@ -591,6 +591,11 @@ class AsyncRedisStore:
         renamed = {"socket_timeout": "timeout", "socket_connect_timeout": "connect_timeout"}
         for name in in_url:
             settings.pop(renamed.get(name, name), None)
+        tls = {k[4:]: v for k, v in {**options, **in_url}.items() if k.startswith("ssl_")}
+        if "ssl" in settings and any(k.startswith("ssl_") for k in in_url):
+            # One TLS context of both, option by option (the keywords' alone would
+            # replace the URL's whole context).
+            settings["ssl"] = ssl_context(**tls)
         Multiplexer.from_url(url, **settings)  # the URL and options are checked now
         self.clients = PerLoop(
             lambda: Multiplexer.from_url(url, **settings),
