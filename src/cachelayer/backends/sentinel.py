@@ -142,24 +142,12 @@ class SentinelStore(RedisStore):
         super().__init__(client=master, pool_timeout=pool_timeout, asynchronous=face)
         self.url = url
 
-    def get(self, key: str) -> bytes | None:
-        # RedisStore.get, but each GET connection is connected through ``connect()``:
-        # that is where a Sentinel connection asks the sentinels for the primary. (Sent
-        # on unconnected, redis-py would dial the connection's last address, or
-        # localhost:6379 for a new one, and after a failover keep dialling the dead
-        # primary.) On a connected connection ``connect()`` returns at once.
-        conns = self.get_connections
-        conn = conns.take()
-        try:
-            conn.connect()
-            conn.send_command("GET", key)
-            value: bytes | None = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # never reuse a connection that may hold a half-read reply
-            raise
-        finally:
-            conns.give(conn)
-        return value
+    # Each GET connection (the fast path of get and the read path's scripts) is connected
+    # through ``connect()`` first: that is where a Sentinel connection asks the sentinels
+    # for the primary. (Sent on unconnected, redis-py would dial the connection's last
+    # address, or localhost:6379 for a new one, and after a failover keep dialling the
+    # dead primary.) On a connected connection ``connect()`` returns at once.
+    connect_first = True
 
     def close(self) -> None:
         super().close()
