@@ -261,6 +261,20 @@ class Bench:
             self.delete([prefix + k for k in keys] + [f"{{{prefix}{k}}}:lease" for k in keys])
             return elapsed
 
+        ten = [f"many:{i}" for i in range(10)]
+        cache.set_many(dict.fromkeys(ten, PROFILE), TTL)
+
+        def ten_gets(n: int) -> None:
+            get = cache.get
+            for _ in range(n):
+                for k in ten:
+                    get(k)
+
+        def get_many(n: int) -> None:
+            many = cache.get_many
+            for _ in range(n):
+                many(ten)
+
         def sync(loop: Callable[[int], None]) -> SyncBatch:
             return lambda n: timed(loop, n)
 
@@ -271,6 +285,8 @@ class Bench:
         memory = "memory:// (in-process; ratio vs raw redis-py sync)"
         redis_async = "async, Redis (one event loop)"
         miss = "miss + fill, Redis (fresh key per op)"
+        many = "10 keys, Redis (one op reads all 10)"
+        tbase = "10 x cache.get(k)"
         base, abase, mbase = (
             "raw redis-py: orjson.loads(r.get(k))",
             "raw redis.asyncio: orjson.loads(await r.get(k))",
@@ -286,6 +302,8 @@ class Bench:
             Variant(abase, redis_async, "", async_=async_(araw_get)),
             Variant("await cache.aget(k)", redis_async, abase, async_=async_(acache_get)),
             Variant("await @cache.cached hit", redis_async, abase, async_=async_(adecorated)),
+            Variant(tbase, many, "", sync=sync(ten_gets), ops_scale=0.25),
+            Variant("cache.get_many(10 keys)", many, tbase, sync=sync(get_many), ops_scale=0.25),
             Variant(mbase, miss, "", sync=raw_miss_fill, ops_scale=0.25),
             Variant("cache.get_or_load(fresh k)", miss, mbase, sync=get_or_load, ops_scale=0.25),
         ]

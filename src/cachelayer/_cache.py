@@ -285,12 +285,16 @@ class Cache:
         """``(found, keys, store keys)``: what the local tier holds (counted), and the
         keys left for the store with their store keys."""
         e = self.engine
+        full_of = e.keys.full
         found: dict[str, Any] = {}
+        if e.local is None:  # (the default path: no per-key look at a tier)
+            keys = list(keys)
+            return found, keys, [full_of(key) for key in keys]
         rest: list[str] = []
         fulls: list[str] = []
         for key in keys:
-            full = e.keys.full(key)
-            value = self._local_hit(full) if e.local is not None else MISSING
+            full = full_of(key)
+            value = self._local_hit(full)
             if value is MISSING:
                 rest.append(key)
                 fulls.append(full)

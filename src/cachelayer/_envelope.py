@@ -312,6 +312,20 @@ class Serializer:
             )
         except struct.error:
             raise DecodeError(f"{len(raw)} bytes are too short for an envelope") from None
+        if not flags and not reserved and version == VERSION and magic == MAGIC:
+            # The common entry (unsigned, untagged, uncompressed, positive): what the
+            # checks below would conclude, in fewer steps (every hit decodes one).
+            codec = self._decoders.get(codec_id)
+            if (
+                codec is not None
+                and not self._keys
+                and len(raw) - HEADER_SIZE <= self.max_value_size
+            ):
+                try:
+                    value = codec.decode(raw[HEADER_SIZE:], 0)
+                except Exception as exc:
+                    raise DecodeError(f"payload does not decode: {type(exc).__name__}") from exc
+                return Entry(value, False, duration, written, fresh, [], raw)
         if magic != MAGIC:
             raise DecodeError("not a cachelayer envelope (bad magic)")
         if version != VERSION and version != VERSION_SIGNED:

@@ -411,7 +411,7 @@ class RedisStore:
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(self._cmd("MGET", *keys))
+        return list(self._direct("MGET", *keys))
 
     def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
         if void is None:
