@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import os
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = ["LEASE_SUFFIX", "Engine", "lease_key"]
 log = logging.getLogger("cachelayer.cache")
 
 LEASE_SUFFIX = "lease"
+#: keys ``Engine.gave_up`` remembers before starting over
+_GAVE_UP_LIMIT = 10_000
 
 
 def lease_key(key: str) -> str:
@@ -111,6 +114,8 @@ class Engine:
         self.drive = runner.drive
         self.adrive = runner.adrive
         self._log = RateLimitedLog(log)
+        #: keys whose lease a caller just waited out, until when (``gave_up``)
+        self._gave_up: dict[str, float] = {}
 
     def scoped(self, name: str) -> Engine:
         """This engine counting in the block of the function named ``name``: the same
@@ -120,6 +125,26 @@ class Engine:
         view.stats = self.metrics.group(name)
         view.name = name
         return view
+
+    # -- leases nobody fills ---------------------------------------------------------------
+
+    def gave_up(self, key: str) -> None:
+        """A caller waited out ``key``'s lease (``lease_wait``) and got no fill: for the
+        next ``lease_wait``, this process's callers load the key without waiting on that
+        lease again (an in-process follower of the caller would otherwise wait as long
+        once more)."""
+        if len(self._gave_up) >= _GAVE_UP_LIMIT:
+            self._gave_up.clear()
+        self._gave_up[key] = time.monotonic() + self.lease_wait
+
+    def gave_up_recently(self, key: str) -> bool:
+        until = self._gave_up.get(key)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        self._gave_up.pop(key, None)
+        return False
 
     # -- entries ---------------------------------------------------------------------------
 

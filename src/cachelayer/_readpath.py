@@ -50,6 +50,7 @@ from ._steps import (
     Refresh,
     Sleep,
     Step,
+    Swap,
     delays,
 )
 from .errors import ValueTooLarge
@@ -101,14 +102,21 @@ class Claim:
     ``tokens``: the tag tokens the value will be stamped with.
     ``trusted``: followers may share the loaded value even without a fill (the store
     failed, so there is no cache the value could be stale against).
+    ``orphan``: a token a lease step that failed may still have set (its reply timed
+    out): the lease is given back in the background after the load.
     """
 
-    __slots__ = ("token", "tokens", "trusted")
+    __slots__ = ("orphan", "token", "tokens", "trusted")
 
     def __init__(
-        self, token: bytes | None, tokens: Mapping[str, bytes] | None, trusted: bool
+        self,
+        token: bytes | None,
+        tokens: Mapping[str, bytes] | None,
+        trusted: bool,
+        orphan: bytes | None = None,
     ) -> None:
         self.token, self.tokens, self.trusted = token, tokens, trusted
+        self.orphan = orphan
 
 
 def classify(entry: Entry, now_ms: int, options: ReadOptions, rng: float) -> int:
@@ -337,7 +345,7 @@ def _claim(
     if got is True:
         return Claim(token, tokens, trusted=False)
     if got is FAILED:
-        return Claim(None, tokens, trusted=True)
+        return Claim(None, tokens, trusted=True, orphan=token)
     # Another caller holds the lease and is loading.
     if stale is not None:
         # Within stale_if_error the expired value now beats waiting for its load (or for
@@ -345,6 +353,9 @@ def _claim(
         engine.stats.stale_hits += 1
         yield Publish(stale.raw, True)
         return Served(stale.value)
+    if engine.gave_up_recently(key):
+        # A caller of this process just waited out this lease: no fill is coming.
+        return Claim(None, tokens, trusted=False)
     if tag_keys:
         return (yield from _wait_tagged(engine, key, options, tag_keys, tokens))
     return (yield from _wait_untagged(engine, key, options))
@@ -359,6 +370,7 @@ def _wait_untagged(
     invalidation voided the holder's lease, so no fill will come -- the lease for us.
     """
     lease = lease_key(key)
+    orphan = None
     for delay in delays(engine.lease_wait):
         yield Sleep(delay)
         mine = os.urandom(16)
@@ -366,6 +378,7 @@ def _wait_untagged(
         if got is True:
             return Claim(mine, None, trusted=False)
         if got is FAILED:
+            orphan = mine
             break
         if isinstance(got, bytes):
             entry = _usable(engine, key, got, None, options)
@@ -373,8 +386,9 @@ def _wait_untagged(
                 return (yield from _serve(engine, entry, options))
     else:
         engine.stats.lease_timeouts += 1
+        engine.gave_up(key)
     # Without the lease we load without filling: our load may predate an invalidation.
-    return Claim(None, None, trusted=False)
+    return Claim(None, None, trusted=False, orphan=orphan)
 
 
 def _wait_tagged(
@@ -392,6 +406,7 @@ def _wait_tagged(
     just read.
     """
     lease = lease_key(key)
+    orphan = None
     for delay in delays(engine.lease_wait):
         yield Sleep(delay)
         raw, now_tokens = yield from _fetch(key, tag_keys)
@@ -403,18 +418,68 @@ def _wait_tagged(
         mine = os.urandom(16)
         got = yield Add(lease, mine, engine.lease_ttl)
         if got is FAILED:
+            orphan = mine
             break
         if got is True:
             return Claim(mine, now_tokens, trusted=False)
     else:
         engine.stats.lease_timeouts += 1
-    return Claim(None, tokens, trusted=False)
+        engine.gave_up(key)
+    return Claim(None, tokens, trusted=False, orphan=orphan)
 
 
 def _load_and_fill(
     engine: Engine, key: str, options: ReadOptions, claim: Claim, stale: Entry | None
 ) -> Flow:
-    """Stage 4: call the loader; fill under the lease (a cached error too); publish."""
+    """Stage 4: call the loader; fill under the lease (a cached error too); publish.
+
+    A lease this caller holds, or may hold, is never left behind for its full
+    ``lease_ttl`` by a store that failed at the wrong moment (every miss on the key would
+    wait ``lease_wait`` for a fill that will not come): when the fill or the lease's
+    release failed, or the lease step itself failed after maybe setting it, a background
+    job gives it back (:func:`_give_back`).
+    """
+    orphans = [claim.orphan] if claim.orphan is not None else []
+    try:
+        value = yield from _load_fill(engine, key, options, claim, stale, orphans)
+    except Exception:
+        yield from _give_back(key, orphans)
+        raise
+    yield from _give_back(key, orphans)
+    return value
+
+
+def _give_back(key: str, orphans: list[bytes]) -> Flow:
+    """Release in the background the lease of ``key`` if it still holds one of these
+    tokens (a delete-if-equal: a lease someone else took since is left alone)."""
+    if orphans:
+        yield Refresh(lease_key(key), _release(lease_key(key), orphans))
+
+
+def _release(lease: str, tokens: list[bytes]) -> Flow:
+    """Delete ``lease`` if it holds one of ``tokens``; a failing store is tried again a
+    little later (a store that just failed may be back in a moment)."""
+    for pause in (0.0, 0.5, 2.0):
+        if pause:
+            yield Sleep(pause)
+        left = []
+        for token in tokens:
+            if (yield DeleteIf(lease, token)) is FAILED:
+                left.append(token)
+        if not left:
+            return None
+        tokens = left
+    return None
+
+
+def _load_fill(
+    engine: Engine,
+    key: str,
+    options: ReadOptions,
+    claim: Claim,
+    stale: Entry | None,
+    orphans: list[bytes],
+) -> Flow:
     stats = engine.stats
     lease, token = lease_key(key), claim.token
     stats.loads += 1
@@ -430,16 +495,30 @@ def _load_and_fill(
         stats.load_seconds.observe(time.perf_counter() - started)
         stats.load_errors += 1
         if stale is not None:
-            # stale-if-error: the expired value beats an error page. The lease is kept
-            # until it expires, so a failing database is retried once per lease_ttl.
+            # stale-if-error: the expired value beats an error page. The lease is kept,
+            # so a failing database is retried once per lease_ttl -- but no longer than
+            # the stale value can be served: past that, callers would wait on it.
             stats.stale_on_error += 1
+            if token is not None:
+                window_end = stale.fresh_until_ms + int(options.stale_if_error * 1000)
+                left = (window_end - engine.now_ms()) / 1000
+                if left <= 0:
+                    done = yield DeleteIf(lease, token)
+                elif left < engine.lease_ttl:
+                    done = yield Swap(lease, token, token, left)
+                else:
+                    done = True
+                if done is FAILED:
+                    orphans.append(token)
             yield Publish(stale.raw, True)
             return stale.value
         errors = options.errors
         exc_type = errors.match(exc) if errors is not None else None
         if token is not None:
             if exc_type is None:
-                yield Delete([lease])  # let the next caller fill without waiting
+                # Let the next caller fill without waiting.
+                if (yield Delete([lease])) is FAILED:
+                    orphans.append(token)
             else:
                 assert errors is not None
                 seconds = engine.ttl.resolve(errors.ttls[exc_type])
@@ -448,6 +527,8 @@ def _load_and_fill(
                     exc_type, exc, seconds, _stamp(claim.tokens), key=key
                 )
                 filled = yield Fill(key, payload, seconds, lease, token)
+                if filled is FAILED:
+                    orphans.append(token)
                 # Followers take it as they take a value: only if the fill was accepted
                 # and no tag of theirs moved since (a write may have created the row).
                 yield Publish(payload, filled is True)
@@ -462,12 +543,12 @@ def _load_and_fill(
         # Too large to store: the caller still gets its value (followers load their own).
         stats.oversized += 1
         engine.log_oversized()
-        if token is not None:
-            yield Delete([lease])
+        if token is not None and (yield Delete([lease])) is FAILED:
+            orphans.append(token)
         return value
     except Exception:  # TypeError mostly; ValueError, RecursionError for odd values
-        if token is not None:
-            yield Delete([lease])
+        if token is not None and (yield Delete([lease])) is FAILED:
+            orphans.append(token)
         raise
     trusted = claim.trusted
     if token is not None:
@@ -480,6 +561,7 @@ def _load_and_fill(
             stats.fills_rejected += 1
         else:
             trusted = True  # the store failed at the fill: no cache, nothing stale
+            orphans.append(token)
     yield Publish(payload, trusted)
     return value
 
