@@ -1,6 +1,6 @@
 """End-to-end latency of invalidation events: from publish to the entry gone everywhere.
 
-    python bench/bench_events.py [--readers 3] [--trials 200] [--rate 2000] [--quick]
+    python bench/bench_events.py [--readers 3] [--trials 200] [--rate 2000] [--quick] [--node]
 
 Setup: one Redis (``--redis-url``/``REDIS_URL``, else a private server), N reader
 processes each with ``Cache(url, local={...})`` reading a hot key set at a steady rate
@@ -12,6 +12,11 @@ reader reports (CLOCK_MONOTONIC, shared by every process of the host) the first 
 no longer returns the value. Printed: p50/p99/max of publish -> gone per (reader, trial),
 and of publish -> gone in the *last* reader per trial, against the same figures for a plain
 ``cache.delete()`` in the writer (purge channel only, no stream) measured in the same run.
+
+With ``--node`` a third mode takes turns with the two: the event is published by the Node
+package (js/cachelayer-events, ``publishInvalidation`` over ioredis, in a long-running
+``node`` process that takes the CLOCK_MONOTONIC time just before each publish). It needs
+``npm ci`` run in js/cachelayer-events.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ from cachelayer.events import Signer, publish_invalidation
 from cachelayer.testing import RedisServer
 
 PROBE = "probe"
+NODE_PACKAGE = Path(__file__).resolve().parent.parent / "js" / "cachelayer-events"
 HOT = [f"hot:{i}" for i in range(100)]
 
 
@@ -98,15 +105,26 @@ def run(url: str, args: argparse.Namespace) -> None:
          namespace, "--group", "bench", "--key-file", str(keyfile), "--report", "0"],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    publisher = None
+    if args.node:
+        options = {"namespace": namespace, "kid": "bench", "secretHex": secret.encode().hex()}
+        publisher = subprocess.Popen(
+            ["node", "tools/cli.mjs", "publisher", url, json.dumps(options)],
+            cwd=NODE_PACKAGE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert publisher.stdout is not None
+        assert publisher.stdin is not None
+        assert publisher.stdout.readline() == "ready\n", "the Node publisher did not start"
+    modes = ["event", "delete", *(["node"] if args.node else [])]
     for p in procs:
         p.start()
     try:
         for r in readies:
             assert r.wait(30), "a reader did not start"
-        results: dict[str, list[tuple[float, list[float]]]] = {"event": [], "delete": []}
+        results: dict[str, list[tuple[float, list[float]]]] = {mode: [] for mode in modes}
         warmup = 6  # the listener starting, connections opening: not measured
-        for trial in range(args.trials * 2 + warmup):
-            mode = "event" if trial % 2 == 0 else "delete"
+        for trial in range(args.trials * len(modes) + warmup):
+            mode = modes[trial % len(modes)]
             value = f"v{trial}"
             writer.set(PROBE, value, ttl=600)
             seen: set[int] = set()
@@ -118,6 +136,14 @@ def run(url: str, args: argparse.Namespace) -> None:
             start = time.monotonic()
             if mode == "event":
                 publish_invalidation(writer, keys=[PROBE], signer=signer)
+            elif mode == "node":
+                assert publisher is not None
+                assert publisher.stdin is not None
+                assert publisher.stdout is not None
+                publisher.stdin.write(json.dumps([PROBE]) + "\n")
+                publisher.stdin.flush()
+                # Node's process.hrtime is CLOCK_MONOTONIC, like time.monotonic here.
+                start = int(publisher.stdout.readline()) / 1e9
             else:
                 writer.delete(PROBE)
             gone: dict[int, float] = {}
@@ -131,10 +157,13 @@ def run(url: str, args: argparse.Namespace) -> None:
             f"\n{args.readers} reader processes with local tiers, {args.rate:.0f} reads/s each, "
             f"{args.trials} trials per mode, {os.cpu_count()} CPUs"
         )
-        for mode, label in (
-            ("event", "publish_invalidation -> stream -> consumer -> gone"),
-            ("delete", "cache.delete() in the writer (baseline) -> gone"),
-        ):
+        labels = {
+            "event": "publish_invalidation -> stream -> consumer -> gone",
+            "node": "Node publishInvalidation -> stream -> consumer -> gone",
+            "delete": "cache.delete() in the writer (baseline) -> gone",
+        }
+        for mode in modes:
+            label = labels[mode]
             every = [t for _, times in results[mode] for t in times]
             last = [max(times) for _, times in results[mode]]
             print(f"{label}")
@@ -143,8 +172,16 @@ def run(url: str, args: argparse.Namespace) -> None:
         ev = statistics.median(t for _, ts in results["event"] for t in ts)
         de = statistics.median(t for _, ts in results["delete"] for t in ts)
         print(f"median ratio event/delete: {ev / de:.1f}x" if de > 0 else "")
+        if args.node:
+            no = statistics.median(t for _, ts in results["node"] for t in ts)
+            print(f"median ratio node/delete: {no / de:.1f}x" if de > 0 else "")
     finally:
         stop.set()
+        if publisher is not None:
+            with suppress(OSError):
+                publisher.stdin.close()  # type: ignore[union-attr]
+            publisher.wait(10)
+            publisher.stdout.close()  # type: ignore[union-attr]
         for p in procs:
             p.join(10)
         listener.terminate()
@@ -164,6 +201,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--rate", type=float, default=2000.0, help="reads/s per reader")
     parser.add_argument("--quick", action="store_true", help="20 trials (CI smoke run)")
+    parser.add_argument(
+        "--node", action="store_true", help="also publish from Node (js/cachelayer-events)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.trials = 20

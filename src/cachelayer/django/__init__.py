@@ -31,13 +31,16 @@ from ._invalidation import ModelInvalidation, invalidate_on
 from ._shared import get_cache
 from ._types import register_django_types
 from .backend import CacheBackend
+from .events import events_webhook, publish_on_commit
 from .metrics import metrics_view
 
 __all__ = [
     "CacheBackend",
     "ModelInvalidation",
+    "events_webhook",
     "get_cache",
     "invalidate_on",
     "metrics_view",
+    "publish_on_commit",
     "register_django_types",
 ]

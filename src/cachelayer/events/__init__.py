@@ -2,10 +2,14 @@
 them (docs/events.md).
 
     from cachelayer.events import Signer, Verifier, StreamConsumer, publish_invalidation
+    from cachelayer.events import ASGIEventReceiver, outbox_write
 
     publish_invalidation(cache, keys=["user:42"], tags=["team:7"], signer=signer)
     consumer = StreamConsumer(cache, verifier, group="web")
     consumer.run_in_thread()
+
+    app = ASGIEventReceiver(cache, verifier)          # or WSGIEventReceiver: HTTP delivery
+    outbox_write(db, keys=["user:42"], signer=signer, namespace="shop")   # in a transaction
 
 Never imported by ``import cachelayer``; it needs redis-py (``cachelayer[redis]``).
 """
@@ -23,6 +27,14 @@ from ._format import (
     parse,
     stream_for,
 )
+from ._outbox import (
+    OUTBOX_TABLE,
+    OutboxCounters,
+    OutboxRelay,
+    create_outbox_table,
+    outbox_ddl,
+    outbox_write,
+)
 from ._publish import (
     DEFAULT_MAXLEN,
     HEADER_KID,
@@ -36,6 +48,7 @@ from ._publish import (
 from ._refused import REASONS, Refused
 from ._signing import MIN_SECRET_BYTES, Signer, Verifier
 from ._stream import Lag, StreamConsumer
+from ._webhook import ASGIEventReceiver, EventReceiver, WebhookResponse, WSGIEventReceiver
 
 __all__ = [
     "DEFAULT_MAXLEN",
@@ -45,19 +58,29 @@ __all__ = [
     "MAX_ITEMS",
     "MAX_PAYLOAD_BYTES",
     "MIN_SECRET_BYTES",
+    "OUTBOX_TABLE",
     "REASONS",
+    "ASGIEventReceiver",
     "Event",
     "EventCounters",
+    "EventReceiver",
     "Lag",
+    "OutboxCounters",
+    "OutboxRelay",
     "Refused",
     "SignedEvent",
     "Signer",
     "StreamConsumer",
     "Verifier",
+    "WSGIEventReceiver",
+    "WebhookResponse",
     "apublish_invalidation",
     "check",
+    "create_outbox_table",
     "dead_letter_for",
     "make_event",
+    "outbox_ddl",
+    "outbox_write",
     "parse",
     "publish_invalidation",
     "sign_event",

@@ -2,8 +2,8 @@
 
 Written once as a generator of steps (:class:`Command`, a redis-py client method call, and
 :class:`Apply`, the Cache calls), driven by a sync shell and an asyncio shell
-(:func:`drive`, :func:`adrive`), so a future transport (a webhook) applies events exactly
-as the stream consumer does.
+(:func:`drive`, :func:`adrive`), so every transport applies events exactly as the stream
+consumer does (``_webhook.py`` drives it for HTTP deliveries).
 
 The mark is made *after* the invalidation: a crash between the two re-applies the event
 on its next delivery (harmless: invalidating twice is invalidating), and a mark that
@@ -31,6 +31,8 @@ __all__ = [
     "adrive",
     "apply_flow",
     "drive",
+    "mark_ttl_ms",
+    "store_failures",
 ]
 
 
@@ -137,7 +139,14 @@ def apply_flow(
     return "applied"
 
 
-def _store_failures() -> tuple[type[BaseException], ...]:
+def mark_ttl_ms(window_ms: int) -> int:
+    """How long a replay mark lives: longer than an event stays acceptable (its ``ts`` may
+    lie a window either side of now), plus a minute for the clocks' skew."""
+    return 2 * window_ms + 60_000
+
+
+def store_failures() -> tuple[type[BaseException], ...]:
+    """What a failing store raises (a transport answers "retry later" for these)."""
     import redis
 
     return (StoreUnavailable, redis.RedisError, OSError)
@@ -156,7 +165,7 @@ def apply_sync(cache: Any, event: Event) -> None:
         if event.keys:
             cache.delete_many(event.keys)
         ok = cache.invalidate_tags(*event.tags) if event.tags else True
-    except _store_failures() as exc:
+    except store_failures() as exc:
         raise ApplyFailed(type(exc).__name__) from exc
     if not ok or cache.stats.invalidation_errors != before:
         raise ApplyFailed("the store failed (counted in invalidation_errors)")
@@ -169,7 +178,7 @@ async def apply_async(cache: Any, event: Event) -> None:
         if event.keys:
             await cache.adelete_many(event.keys)
         ok = await cache.ainvalidate_tags(*event.tags) if event.tags else True
-    except _store_failures() as exc:
+    except store_failures() as exc:
         raise ApplyFailed(type(exc).__name__) from exc
     if not ok or cache.stats.invalidation_errors != before:
         raise ApplyFailed("the store failed (counted in invalidation_errors)")
