@@ -248,3 +248,32 @@ def test_profile_and_doctor_read_every_node(
     finally:
         cache.clear()
         cache.close()
+
+
+def test_fleet_stats_on_a_cluster(cluster_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """publish_stats writes through the cluster store, and `cachelayer stats` finds the
+    namespace (SCAN on every primary) and sums its processes."""
+    import json
+
+    from cachelayer import _fleet
+    from cachelayer.__main__ import main
+
+    namespace = f"fleet{uuid.uuid4().hex[:6]}"
+    cache = Cache(cluster_url, namespace=namespace, publish_stats=60)
+    try:
+
+        @cache.cached(ttl=60)
+        def square(n: int) -> int:
+            return n * n
+
+        for n in (1, 2, 1, 2, 1):
+            square(n)
+        _fleet._publishers[namespace][0].publish_once()
+        assert main(["stats", "--redis", cluster_url, "--json"]) == 0
+        figures = json.loads(capsys.readouterr().out)["namespaces"][namespace]
+        assert figures["processes"] == 1
+        assert figures["totals"]["hits"] == 3
+        assert figures["totals"]["misses"] == 2
+    finally:
+        cache.clear()
+        cache.close()

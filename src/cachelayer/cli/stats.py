@@ -329,10 +329,12 @@ def _figures(client: Any, args: argparse.Namespace) -> dict[str, dict[str, Any]]
 
 
 def main(args: argparse.Namespace) -> int:
-    import redis
     from rich.console import Console
 
-    client = redis.Redis.from_url(args.redis)
+    from ._connect import connect
+
+    servers = connect(args.redis, timeout=5)  # a cluster: SCAN walks every primary
+    client = servers.client
     console = Console()
     try:
         if args.json:
@@ -356,4 +358,4 @@ def main(args: argparse.Namespace) -> int:
             pass
         return 0
     finally:
-        client.close()
+        servers.close()
