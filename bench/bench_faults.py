@@ -7,12 +7,12 @@ Usage::
                                  [--threads N] [--cooldown S] [--only FAULT ...] [--quick]
 
 For each fault and each face (``--coroutines`` coroutines in one event loop; ``--threads``
-threads), callers call a cached function over 200 keys for ``--healthy`` seconds, then
-the fault lasts ``--fault`` seconds, then they go on for ``--after`` seconds. Meanwhile a
-writer bumps a random key's version in the "database" and invalidates it, 50 times a
-second. Every Cache setting is the default (250 ms timeouts, breaker: 5 failures, 5 s
-cooldown) unless the fault's row says otherwise. The faults (``--only`` takes these
-names):
+threads), callers call a cached function over 200 keys, each caller picking a key at
+random per call, for ``--healthy`` seconds, then the fault lasts ``--fault`` seconds, then
+they go on for ``--after`` seconds. Meanwhile a writer bumps a random key's version in the
+"database" and invalidates it, 50 times a second. Every Cache setting is the default
+(250 ms timeouts, breaker: 5 failures, 5 s cooldown) unless the fault's row says
+otherwise. The faults (``--only`` takes these names):
 
 - ``none``: no fault, the baseline.
 - ``stopped``: Redis stopped (connections refused), then restarted empty.
@@ -83,6 +83,13 @@ SKEW = 30.0  # seconds each skewed clock is off during skew
 SKEW_TTL = 20.0  # below 2 * SKEW, so the skew shows
 HOLDERS = 4  # other clients holding the slots during maxclients
 SETTLE = 0.1  # seconds after the fault's end within which a call may still see it
+# Each caller draws its keys from its own random.Random(CALLER_SEED + i). Not a fixed walk
+# (caller i reading i+1, i+2, ...): callers that meet on a miss share its load, return
+# together and, walking the same order, meet again on the next key, for good. 100
+# coroutines then end up as one convoy reading one key at a time; after ``corrupt``
+# (nearly every entry garbage) it repairs one key per load and reaches a repaired key
+# only a lap (200 loads, over 1 s) later: no hit in a short recovery phase.
+CALLER_SEED = 1000
 ADMIN, HOLDER = "fault-admin", "fault-holder"
 
 Action = Callable[[], object]
@@ -397,23 +404,24 @@ class Probe:
         self.caches = caches
         self.result = Result()
         self.lock = threading.Lock()
-        self._bad_seen = 0
+        # Per Cache, its counters as the last call to end saw them. A call's own hit cannot
+        # be told from the counters (a before/after difference over a call also counts
+        # every concurrent caller's hits: with 100 callers, nearly every call): a call that
+        # sees ``hits`` above what the previous call to end saw records a hit at its end.
+        self._hits_seen = [0] * len(caches)
+        self._bad_seen = [0] * len(caches)
 
     def load(self) -> None:
         phase = self.timeline.phase(time.monotonic())
         with self.lock:
             self.result.loads[phase] += 1
 
-    def hits(self, cache: Cache) -> int:
-        return int(cache.stats.hits)
-
-    def call(
-        self, cache: Cache, k: int, value: Any, exc: BaseException | None, t0: float, hits: int
-    ) -> None:
+    def call(self, cache: Cache, k: int, value: Any, exc: BaseException | None, t0: float) -> None:
         t1 = time.monotonic()
         stats = cache.stats
-        hit = stats.hits > hits
+        hits = stats.hits
         bad = stats.store_errors + stats.short_circuits + stats.store_busy
+        c = self.caches.index(cache)
         timeline, r = self.timeline, self.result
         phase = timeline.phase(t1)
         with self.lock:
@@ -421,10 +429,14 @@ class Probe:
             r.slowest = max(r.slowest, t1 - t0)
             if phase == 1:
                 r.fault_latencies.append(t1 - t0)
-            if bad > self._bad_seen:
-                self._bad_seen = bad
+            if bad > self._bad_seen[c]:
+                self._bad_seen[c] = bad
                 if phase:
                     r.last_bad = max(r.last_bad, t1)
+            if hits > self._hits_seen[c]:
+                self._hits_seen[c] = hits
+                if phase == 2:
+                    r.hits_after.append(t1)
             if exc is not None:
                 r.raised += 1
                 r.raised_by_phase[timeline.phase(t0)] += 1
@@ -434,8 +446,6 @@ class Probe:
                 if phase:
                     r.last_bad = max(r.last_bad, t1)
                 return
-            if phase == 2 and hit:
-                r.hits_after.append(t1)
             if not (isinstance(value, dict) and value.get("id") == k):
                 r.wrong += 1
                 return
@@ -515,11 +525,9 @@ class Run:
 
         async def caller(i: int) -> None:
             cache, profile = caches[i % len(caches)], functions[i % len(caches)]
-            j = i
+            keys = random.Random(CALLER_SEED + i)  # see CALLER_SEED: never a fixed walk
             while not timeline.over():
-                j += 1
-                k = j % KEYS
-                hits = probe.hits(cache)
+                k = keys.randrange(KEYS)
                 t0 = time.monotonic()
                 value: Any = None
                 exc: BaseException | None = None
@@ -527,7 +535,7 @@ class Run:
                     value = await profile(k)
                 except Exception as e:
                     exc = e
-                probe.call(cache, k, value, exc, t0, hits)
+                probe.call(cache, k, value, exc, t0)
                 await asyncio.sleep(0.001)
 
         async def writer() -> None:
@@ -575,11 +583,9 @@ class Run:
 
         def caller(i: int) -> None:
             cache, profile = caches[i % len(caches)], functions[i % len(caches)]
-            j = i
+            keys = random.Random(CALLER_SEED + i)  # see CALLER_SEED: never a fixed walk
             while not timeline.over():
-                j += 1
-                k = j % KEYS
-                hits = probe.hits(cache)
+                k = keys.randrange(KEYS)
                 t0 = time.monotonic()
                 value: Any = None
                 exc: BaseException | None = None
@@ -587,7 +593,7 @@ class Run:
                     value = profile(k)
                 except Exception as e:
                     exc = e
-                probe.call(cache, k, value, exc, t0, hits)
+                probe.call(cache, k, value, exc, t0)
                 time.sleep(0.001)
 
         def writer() -> None:
