@@ -311,3 +311,19 @@ async def test_async_negative_caching(acache: Cache) -> None:
         with pytest.raises(NotFound):
             await find(3)
     assert calls == [3]
+
+
+def test_unhashable_arguments_still_make_keys(cache: Cache) -> None:
+    """Lists, dicts and sets are arguments like any other (the key memo, which only
+    remembers int and str arguments, never hashes them)."""
+    calls: list[object] = []
+
+    @cache.cached(ttl=60)
+    def size(x: object) -> int:
+        calls.append(x)
+        return len(x)  # type: ignore[arg-type]
+
+    for arg in ([1, 2], {"a": 1}, {1, 2}):
+        assert size(arg) == len(arg)
+        assert size(arg) == len(arg)
+    assert len(calls) == 3

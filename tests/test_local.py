@@ -221,6 +221,11 @@ def test_purge_messages_round_trip() -> None:
         b'["k", [], "", 1, 2]',
     ):
         assert parse(junk) == (EVERYTHING, [], "", 0)
+    # A send time out of range is no send time (it would overflow the lag's float).
+    for sent in (b"-5", b"9" * 400):
+        assert parse(b'["k", ["a"], "x", ' + sent + b"]") == (KEYS, ["a"], "x", 0)
+    for sent in (b"1.5e3", b"true"):  # not an int: malformed
+        assert parse(b'["k", ["a"], "x", ' + sent + b"]") == (EVERYTHING, [], "", 0)
     assert channel_for("ns:v1:") == "{ns:v1:}purge"
 
 

@@ -402,11 +402,11 @@ def remembered(keyfn: KeyOf, build: Callable[[str], str]) -> KeyOf:
     def key_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         if kwargs:
             return build(keyfn(args, kwargs))
-        key = memory.get(args)  # (True,) finds (1,)'s key: the types decide
-        for arg in args:
+        for arg in args:  # (first: other arguments may not even hash)
             kind = type(arg)
             if kind is not int and kind is not str:
                 return build(keyfn(args, kwargs))
+        key = memory.get(args)
         if key is None:
             key = build(keyfn(args, kwargs))
             if len(memory) >= _KEY_MEMO_SIZE:

@@ -44,6 +44,8 @@ __all__ = [
 log = logging.getLogger("cachelayer.purge")
 
 KEYS, TAGS, EVERYTHING = "k", "t", "*"
+#: the largest send time a message may carry (ms; a JSON integer JavaScript reads exactly)
+_MAX_SENT = 2**53 - 1
 
 
 def channel_for(prefix: str) -> str:
@@ -73,7 +75,8 @@ def parse(raw: bytes) -> tuple[str, list[str], str, int]:
             and type(sent) is int
             and len(rest) <= 1
         ):
-            return kind, names, origin, sent
+            # A send time out of range (hostile, or a broken clock) is no send time.
+            return kind, names, origin, sent if 0 <= sent <= _MAX_SENT else 0
     return EVERYTHING, [], "", 0
 
 

@@ -433,7 +433,8 @@ class Multiplexer:
         try:
             return await conn.send_one(_pack(args))
         except rx.ReadOnlyError:
-            conn.close()  # a replica now: the next command finds the primary again
+            if self.resolve is not None:
+                conn.close()  # a replica now: the next command finds the primary again
             raise
 
     async def execute_many(
@@ -465,7 +466,7 @@ class Multiplexer:
             _discard(futures)
             raise
         replies = [f.exception() or f.result() for f in futures]
-        if any(isinstance(reply, rx.ReadOnlyError) for reply in replies):
+        if self.resolve is not None and any(isinstance(r, rx.ReadOnlyError) for r in replies):
             conn.close()
         if raise_on_error:
             for reply in replies:

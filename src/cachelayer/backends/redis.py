@@ -148,10 +148,13 @@ if hasattr(os, "register_at_fork"):
 @functools.cache
 def _packer() -> Callable[[tuple[Any, ...]], bytes]:
     """hiredis's RESP packer (redis-py's own adds a Python pass over the arguments:
-    about 1.5 us a command)."""
+    about 1.5 us a command); hiredis before 2.2 has none, and gets the multiplexer's
+    Python packer."""
     import hiredis
 
-    pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+    from ._multiplex import pack_command_py
+
+    pack: Callable[[tuple[Any, ...]], bytes] = getattr(hiredis, "pack_command", pack_command_py)
     return pack
 
 

@@ -208,9 +208,8 @@ class CacheBackend(BaseCache):
         expected: bytes | None = None
         for _ in range(MAX_SWAPS):
             done = yield Swap(full, expected, payload, seconds, lease)
-            if done is True:
+            if done is not False:  # stored, or maybe (a timeout): purge either way
                 yield from engine.purged(KEYS, [full])
-            if done is not False:
                 return done is True  # stored, or the store failed (not stored)
             raw = yield Get(full)
             if raw is FAILED or (raw is not None and self._live(raw, full) is not None):
@@ -244,9 +243,8 @@ class CacheBackend(BaseCache):
                 entry.value, seconds, entry.duration_ms, tags=entry.tags, key=full
             )
             done = yield Swap(full, raw, payload, seconds, None)
-            if done is True:
+            if done is not False:  # stored, or maybe (a timeout): purge either way
                 yield from engine.purged(KEYS, [full])
-            if done is not False:
                 return done is True
         return False
 
@@ -277,8 +275,9 @@ class CacheBackend(BaseCache):
                 key=full,
             )
             done = yield Swap(full, raw, payload, None, lease, keep_ttl=True)
-            if done is True:
+            if done is not False:  # stored, or maybe (a timeout): purge either way
                 yield from engine.purged(KEYS, [full])
+            if done is True:
                 return value
             if done is FAILED:
                 raise ValueError(f"Key '{key}' not found: the cache store is unavailable")
