@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -425,3 +426,53 @@ async def test_cache_methods_publish_events(
     assert consumer.poll(1.0) == 2
     assert cache.get("a") is None
     assert cache.get("b") is None
+
+
+class FailingGets:
+    """A real redis-py client whose first ``failures`` GETs fail as a dropped connection
+    would (fault injection around the real client; everything else goes through)."""
+
+    def __init__(self, client: redis.Redis, failures: int) -> None:
+        self.client, self.failures = client, failures
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise redis.ConnectionError("connection reset by peer (injected)")
+        return self.client.get(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_store_failure_at_the_replay_mark_is_retried_not_dead_lettered(
+    events_cache: CacheFactory,
+    signer: Signer,
+    verifier: Verifier,
+    redis_client: redis.Redis,
+) -> None:
+    """The replay mark's GET failing more times than max_attempts is the store failing,
+    not a poison event: the event is retried until it applies, never dead-lettered."""
+    cache = events_cache()
+    cache.set("user:1", "old")
+    publish_invalidation(cache, keys=["user:1"], signer=signer)
+    consumer = StreamConsumer(
+        cache,
+        verifier,
+        group="g",
+        client=FailingGets(redis_client, 6),
+        max_attempts=3,
+        block=0.05,
+    )
+    try:
+        for _ in range(20):
+            consumer.poll(0.05)
+            if consumer.counters.applied:
+                break
+            time.sleep(0.05)
+        assert consumer.counters.applied == 1
+        assert consumer.counters.dead_lettered == 0
+        assert cache.get("user:1") is None
+    finally:
+        consumer.close()
+        redis_client.delete(consumer.stream + ":dead")

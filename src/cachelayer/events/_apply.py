@@ -201,7 +201,7 @@ def drive(flow: Generator[Step, Any, Any], client: Any, cache: Any) -> Any:
             else:
                 apply_sync(cache, step.event)
         except Exception as exc:
-            error = exc
+            error = _as_apply_failure(exc)
 
 
 async def adrive(flow: Generator[Step, Any, Any], client: Any, cache: Any) -> Any:
@@ -220,7 +220,29 @@ async def adrive(flow: Generator[Step, Any, Any], client: Any, cache: Any) -> An
             else:
                 await apply_async(cache, step.event)
         except Exception as exc:
-            error = exc
+            error = _as_apply_failure(exc)
+
+
+def _as_apply_failure(exc: Exception) -> Exception:
+    """A store failure of a step (the replay mark's GET or SET included: a lost
+    connection, a timeout, a server out of memory) is :class:`ApplyFailed`: retry later.
+    Only what is not the store's counts towards an event's dead-lettering."""
+    import redis
+
+    transient = (
+        StoreUnavailable,
+        OSError,
+        redis.ConnectionError,
+        redis.TimeoutError,
+        redis.BusyLoadingError,
+        redis.ReadOnlyError,
+    )
+    out_of_memory = isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
+    if isinstance(exc, transient) or out_of_memory:
+        failure = ApplyFailed(f"{type(exc).__name__}: {exc}")
+        failure.__cause__ = exc
+        return failure
+    return exc  # an answer (NOGROUP, BUSYGROUP...) the flow may handle, or a bug
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:

@@ -32,6 +32,7 @@ from ._apply import (
     adrive,
     apply_flow,
     drive,
+    mark_ttl_ms,
 )
 from ._format import DEFAULT_WINDOW, check, dead_letter_for, stream_for
 from ._refused import Refused
@@ -231,7 +232,7 @@ class StreamConsumer:
         for position, (entry_id, fields, deliveries) in enumerate(entries):
             outcome = yield from self._handle(entry_id, fields, deliveries)
             if outcome == "retry-later":  # the store failed: keep this one and the rest
-                self._backlog = entries[position:]
+                self._backlog += entries[position:]  # (after the retries kept above)
                 break
             if outcome == "retry":
                 self._backlog.append((entry_id, fields, deliveries))
@@ -328,7 +329,7 @@ class StreamConsumer:
                 int(now * 1000),
                 window_ms,
             )
-            outcome = yield from apply_flow(event, self.prefix, entry_id, 2 * window_ms + 60_000)
+            outcome = yield from apply_flow(event, self.prefix, entry_id, mark_ttl_ms(window_ms))
         except Refused as refusal:
             self.counters.count(refusal.reason)
             self._log.log(
