@@ -277,3 +277,34 @@ def test_fleet_stats_on_a_cluster(cluster_url: str, capsys: pytest.CaptureFixtur
     finally:
         cache.clear()
         cache.close()
+
+
+async def test_closing_during_a_map_read_fails_open_and_leaves_nothing(
+    cluster: LocalCluster,
+) -> None:
+    """close() while a command waits on the slot map (the first seed accepts and never
+    answers): the command fails as a store failure, not CancelledError, and no node
+    connection opened after close() is left behind."""
+    import socket
+
+    import redis
+
+    from cachelayer.backends._clustermux import ClusterClient
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the backlog) and never answers
+    try:
+        client = ClusterClient(
+            [("127.0.0.1", silent.getsockname()[1]), ("127.0.0.1", cluster.servers[0].port)],
+            {"timeout": 0.5, "connect_timeout": 0.5},
+        )
+        call = asyncio.create_task(client.execute("k", "GET", "k"))
+        await asyncio.sleep(0.05)
+        await client.close()
+        with pytest.raises(redis.ConnectionError, match="closed"):
+            await call
+        await asyncio.sleep(0.6)  # past the silent seed's timeout: the next seed's turn
+        assert client.nodes == {}
+    finally:
+        silent.close()

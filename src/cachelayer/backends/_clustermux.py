@@ -85,18 +85,25 @@ class ClusterClient:
         self._stale = True
         self._refreshed = 0.0
         self._refresh: asyncio.Task[None] | None = None
+        #: the node that last gave the slot map: asked first next time (a stalled seed
+        #: would otherwise hold every refresh for its timeout)
+        self._answered: Address | None = None
+        self._closed = False
 
     # -- the slot map ----------------------------------------------------------------------
 
     def node(self, address: Address) -> Multiplexer:
         client = self.nodes.get(address)
         if client is None:
+            if self._closed:
+                raise rx.ConnectionError("the cluster client is closed")
             client = self.nodes[address] = Multiplexer(address[0], address[1], **self.settings)
         return client
 
     async def _read_map(self) -> None:
         problems: list[str] = []
-        candidates = list(dict.fromkeys([*self.seeds, *self.nodes]))
+        first = [self._answered] if self._answered is not None else []
+        candidates = list(dict.fromkeys([*first, *self.seeds, *self.nodes]))
         for address in candidates:
             try:
                 ranges = await self.node(address).execute("CLUSTER", "SLOTS")
@@ -110,6 +117,7 @@ class ClusterClient:
                 slots[int(start) : int(end) + 1] = [owner] * (int(end) - int(start) + 1)
             self.slots = slots
             self._stale = False
+            self._answered = address
             return
         raise rx.ConnectionError(f"no cluster node gave the slot map: {'; '.join(problems)}")
 
@@ -120,7 +128,12 @@ class ClusterClient:
             task = self._refresh = asyncio.get_running_loop().create_task(self._read_map())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._refreshed = time.monotonic()
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():  # close() stopped the refresh, not this caller's task
+                raise rx.ConnectionError("the cluster client was closed") from None
+            raise
 
     async def owner(self, slot: int) -> Address:
         """The primary serving ``slot`` (the map read first when it may be out of date)."""
@@ -201,13 +214,15 @@ class ClusterClient:
         return list(dict.fromkeys(a for a in self.slots if a is not None))
 
     async def close(self) -> None:
+        self._closed = True  # no node is opened from now on (a refresh under way...)
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
         nodes, self.nodes = list(self.nodes.values()), {}
         for client in nodes:
             await client.close()
-        if self._refresh is not None and not self._refresh.done():
-            self._refresh.cancel()
 
     def discard(self) -> None:
+        self._closed = True
         for client in self.nodes.values():
             client.discard()
         self.nodes = {}
