@@ -806,3 +806,23 @@ def test_concurrent_sessions(postgres_url: str, schema: str, cache: Cache) -> No
     finally:
         rule.disconnect()
         engine.dispose()
+
+
+def test_a_template_that_does_not_format_logs_no_row_values(
+    engine: Engine, cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A template that cannot format a row (a format spec for another type) falls back
+    to tags_on_bulk; the log names the template and the columns, never the row's values
+    (user data)."""
+    rule = invalidate_on(cache, User, tags=["who:{name:04d}"], tags_on_bulk=["users"])
+    try:
+        with (
+            caplog.at_level(logging.DEBUG, "cachelayer.sqlalchemy"),
+            sessionmaker(engine).begin() as session,
+        ):
+            session.get(User, 1).name = "secret-name-of-a-user"  # type: ignore[union-attr]
+    finally:
+        rule.disconnect()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "who:{name:04d}" in text
+    assert "secret-name-of-a-user" not in text

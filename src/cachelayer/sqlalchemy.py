@@ -324,10 +324,9 @@ class ModelInvalidation:
         )
         row = connection.execute(query).first()
         if row is None:
-            log.warning(
-                "cachelayer: invalidate_on(%s): the row %r is gone; %s not read",
+            log.warning(  # (no primary key values: they may be user data)
+                "cachelayer: invalidate_on(%s): a row is gone; %s not read",
                 self.model.__name__,
-                tuple(pk),
                 ", ".join(rest),
             )
             return out
@@ -354,12 +353,13 @@ def _render(rule: ModelInvalidation, values: Mapping[str, Any]) -> tuple[list[st
                 out.append(prefix + template.format_map(values))
             except Exception:
                 complete = False
+                # The row's values stay out of the log (user data): the columns only.
                 log.exception(
-                    "cachelayer: invalidate_on(%s): %r does not format with %r; "
-                    "invalidating tags_on_bulk %s instead",
+                    "cachelayer: invalidate_on(%s): %r does not format with the row's "
+                    "columns %s; invalidating tags_on_bulk %s instead",
                     rule.model.__name__,
                     template,
-                    dict(values),
+                    sorted(values),
                     list(rule.tags_on_bulk),
                 )
     return out, complete
@@ -592,11 +592,13 @@ def _guarded(method: Callable[..., object], *args: Any) -> None:
 
 
 def _log_failure(targets: object) -> None:
-    log.exception(
-        "cachelayer: the invalidation of %s after a SQLAlchemy commit failed; the entries "
-        "may live to their TTL",
-        targets,
+    # Keys and tags may hold user data: named at DEBUG only.
+    log.error(
+        "cachelayer: an invalidation after a SQLAlchemy commit failed; the entries may "
+        "live to their TTL",
+        exc_info=True,
     )
+    log.debug("cachelayer: the invalidation that failed: %s", targets)
 
 
 # -- statements: ORM-enabled update(), delete(), insert() ---------------------------------------
