@@ -10,6 +10,7 @@ at the end.
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -308,3 +309,42 @@ async def test_closing_during_a_map_read_fails_open_and_leaves_nothing(
         assert client.nodes == {}
     finally:
         silent.close()
+
+
+def test_invalidation_events_on_a_cluster(cluster_url: str, tmp_path: pathlib.Path) -> None:
+    """`cachelayer listen --redis redis+cluster://...` applies events published through a
+    cluster Cache (stream, replay marks and values on their own slots)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cachelayer.events import Signer
+
+    namespace = f"ev{uuid.uuid4().hex[:6]}"
+    secret = "s" * 40
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"k1": secret}), encoding="utf-8")
+    cache = Cache(cluster_url, namespace=namespace)
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "cachelayer", "listen", "--redis", cluster_url,
+         "--namespace", namespace, "--group", "g", "--key-file", str(keys),
+         "--block", "0.05", "--report", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        cache.set("user:1", "old")
+        deadline = time.monotonic() + 20
+        while cache.get("user:1") is not None and time.monotonic() < deadline:
+            cache.publish_invalidation(keys=["user:1"], signer=Signer("k1", secret))
+            time.sleep(0.5)
+        assert cache.get("user:1") is None
+    finally:
+        listener.send_signal(signal.SIGTERM)
+        _, err = listener.communicate(timeout=20)
+        client = cache.store.client  # type: ignore[attr-defined]
+        client.delete("{" + namespace + ":}events")
+        cache.clear()
+        cache.close()
+    assert listener.returncode == 0, err

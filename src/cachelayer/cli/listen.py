@@ -71,7 +71,6 @@ def load_keys(path: Path | None) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     """Run the consumer until SIGINT or SIGTERM; 0 when stopped, 2 on bad settings."""
     from .. import Cache
-    from ..errors import ConfigurationError
     from ..events import StreamConsumer, Verifier
 
     if not logging.getLogger().handlers:
@@ -87,22 +86,30 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # ConfigurationError is a ValueError
         print(f"cachelayer listen: {exc}", file=sys.stderr)
         return 2
+    servers = None
     try:
+        if "+" in args.redis.partition("://")[0]:  # redis+sentinel://, redis+cluster://
+            from ._connect import connect
+
+            servers = connect(args.redis, timeout=5)
         consumer = StreamConsumer(
             cache,
             verifier,
             group=args.group,
             consumer=args.consumer,
             stream=args.stream,
-            url=args.redis if args.redis.startswith(("redis", "unix")) else None,
+            url=None if servers else args.redis,
+            client=servers.client if servers else None,
             block=args.block,
             claim_idle=args.claim_idle,
             max_attempts=args.max_attempts,
             window=args.window,
         )
-    except ConfigurationError as exc:
-        print(f"cachelayer listen: {exc}", file=sys.stderr)
+    except Exception as exc:  # a bad setting, or a Sentinel/Cluster that cannot be reached
+        print(f"cachelayer listen: {type(exc).__name__}: {exc}", file=sys.stderr)
         cache.close()
+        if servers is not None:
+            servers.close()
         return 2
     stopping = threading.Event()
 
@@ -120,6 +127,8 @@ def main(args: argparse.Namespace) -> int:
         consumer.close()
         log.info("stopped; counters %s", json.dumps(consumer.counters.snapshot()))
         cache.close()
+        if servers is not None:
+            servers.close()
     return 0
 
 
