@@ -1,7 +1,9 @@
-"""Fixtures of the Cluster tests: one local Redis Cluster per test session.
+"""Fixtures of the Cluster and Sentinel tests.
 
-test_cluster.py and test_cluster_migration.py share it (about 6 s to start). Tests that
-kill a node start a private cluster of their own (``_topology.LocalCluster``) instead.
+One local Redis Cluster per test session: test_cluster.py and test_cluster_migration.py
+share it (about 6 s to start); tests that kill a node start a private cluster of their own
+(``_topology.LocalCluster``) instead. One Sentinel group per test module (``group``): each
+module's failover test kills that module's primary.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._topology import LocalCluster
+from ._topology import LocalCluster, SentinelGroup, start_sentinel_group
+
+#: The sentinels call a primary down after this long without a reply.
+DOWN_AFTER_MS = 1000
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +29,17 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
     finally:
         local.close()
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[SentinelGroup]:
+    """A primary, its replica and 3 sentinels watching them, for this test module
+    (stopped by pid at the end)."""
+    started = start_sentinel_group(DOWN_AFTER_MS)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 @pytest.fixture

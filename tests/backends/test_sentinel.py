@@ -27,20 +27,7 @@ from cachelayer.errors import ConfigurationError
 from cachelayer.testing_contract import PublisherContract, StoreContract
 
 from ._cache_e2e import CacheEndToEnd
-from ._topology import HOST, SERVICE, SentinelGroup, start_sentinel_group, wait_for
-
-#: The sentinels call the primary down after this long without a reply.
-DOWN_AFTER_MS = 1000
-
-
-@pytest.fixture(scope="module")
-def group() -> Iterator[SentinelGroup]:
-    """A primary, its replica and 3 sentinels watching them (stopped by pid at the end)."""
-    group = start_sentinel_group(DOWN_AFTER_MS)
-    try:
-        yield group
-    finally:
-        group.close()
+from ._topology import HOST, SERVICE, SentinelGroup, wait_for
 
 
 def _store(url: str) -> SentinelStore:

@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,18 +20,7 @@ from cachelayer.backends._multiplex import Multiplexer
 from cachelayer.backends.redis import AsyncRedisStore
 from cachelayer.backends.sentinel import SentinelStore
 
-from ._topology import HOST, SentinelGroup, start_sentinel_group
-
-DOWN_AFTER_MS = 1000
-
-
-@pytest.fixture(scope="module")
-def group() -> Iterator[SentinelGroup]:
-    group = start_sentinel_group(DOWN_AFTER_MS)
-    try:
-        yield group
-    finally:
-        group.close()
+from ._topology import HOST, SentinelGroup
 
 
 def clients_of(port: int, name: str) -> int:
