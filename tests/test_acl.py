@@ -144,6 +144,8 @@ class AclServer:
 
 
 def _text(entry: Any, field: str) -> str:
+    if isinstance(entry, list):  # redis-py 5.0 leaves an ACL LOG entry as flat pairs
+        entry = dict(zip(entry[::2], entry[1::2], strict=True))
     value = entry.get(field.encode(), entry.get(field)) if isinstance(entry, dict) else None
     return value.decode() if isinstance(value, bytes) else str(value)
 

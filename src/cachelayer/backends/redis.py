@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .._redact import redact_url
 from ..errors import ConfigurationError, StoreBusy
@@ -280,6 +280,22 @@ def _normalise_url(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
+def _verify_hostname(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``{"ssl_check_hostname": True}`` for a ``rediss://`` URL that verifies the server's
+    certificate and says nothing of host names: redis-py before 6 does not check them by
+    default (the asyncio face always does, as newer redis-py)."""
+    if not url.startswith("rediss://"):
+        return {}
+    query = parse_qs(urlsplit(url).query)
+    if "ssl_check_hostname" in options or "ssl_check_hostname" in query:
+        return {}
+    # (The URL wins over keywords, as in redis-py.)
+    reqs = query.get("ssl_cert_reqs", [None])[0] or options.get("ssl_cert_reqs")
+    if reqs is not None and str(reqs).lower() not in ("required", "2"):
+        return {}  # not verifying the certificate: no host name to check either
+    return {"ssl_check_hostname": True}
+
+
 def _import_redis() -> Any:
     try:
         import redis
@@ -335,6 +351,7 @@ class RedisStore:
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "retry": Retry(NoBackoff(), 0),
+            **_verify_hostname(self.url, options),
             **options,
         }
         self._owns_client = client is None
