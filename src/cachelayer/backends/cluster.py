@@ -133,6 +133,8 @@ class ClusterStore:
         # When a command last failed (0.0: none since the map was read again), and when
         # the map was last read again.
         self._failed_at = self._reread_at = 0.0
+        #: clients replaced by a re-read map, closed one generation later
+        self._retired: list[Any] = []
         if client is not None:
             self.url = url or "redis+cluster://(client)"
             self._built = (client, _Scripts(client))
@@ -171,36 +173,48 @@ class ClusterStore:
     # Cache made while the cluster is down still starts (its calls fail open until then).
     def _cluster(self) -> tuple[Any, _Scripts]:
         built = self._built
-        if self._failed_at and built is not None:
-            self._reread_map(built[0])
+        if self._failed_at and built is not None and self._owns_client:
+            built = self._rebuilt(built)
         if built is None:
             with self._lock:
                 if self._built is None:
-                    from redis.cluster import ClusterNode, RedisCluster
-
-                    client = RedisCluster(
-                        startup_nodes=[ClusterNode(h, p) for h, p in self._hosts],  # type: ignore[no-untyped-call]
-                        retry=no_retry(),
-                        **self._settings,
-                    )
-                    self._built = (client, _Scripts(client))
+                    self._built = self._new_client()
                 built = self._built
         return built
 
-    def _reread_map(self, client: Any) -> None:
-        """After a command failed, read the slot map again before the next one (at most
-        every ``REREAD_INTERVAL``). redis-py re-reads it only as a command fails: after a
+    def _new_client(self) -> tuple[Any, _Scripts]:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in self._hosts],  # type: ignore[no-untyped-call]
+            retry=no_retry(),
+            **self._settings,
+        )
+        return client, _Scripts(client)
+
+    def _rebuilt(self, built: tuple[Any, _Scripts]) -> tuple[Any, _Scripts]:
+        """After a command failed, a client with a slot map read now (at most every
+        ``REREAD_INTERVAL``). redis-py re-reads its map only as a command fails: after a
         failover, the breaker's probe would still go to the dead node, fail, and keep the
-        breaker open another cooldown (hits came back after 10 s instead of 5)."""
+        breaker open another cooldown (hits came back after 10 s instead of 5). A new
+        client, swapped in whole, leaves the calls other threads are making on the old
+        one undisturbed (re-reading the old client's map under them is not thread-safe
+        in redis-py 5); the client retired before it is closed now."""
         now = time.monotonic()
         if now - self._reread_at < REREAD_INTERVAL or not self._lock.acquire(blocking=False):
-            return
+            return built
         try:
             self._reread_at = now
-            client.nodes_manager.initialize()
-            self._failed_at = 0.0
-        except Exception:  # noqa: S110 (still failing: the command fails open as it would)
-            pass
+            try:
+                fresh = self._new_client()
+            except self.failures:  # still failing: the command fails open as it would
+                return built
+            if self._built is not None:
+                self._retired.append(self._built[0])
+            self._built, self._failed_at = fresh, 0.0
+            while len(self._retired) > 1:
+                self._retired.pop(0).close()
+            return fresh
         finally:
             self._lock.release()
 
@@ -217,9 +231,19 @@ class ClusterStore:
 
     @_noting_failures
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        # One MGET per slot, each a plain routed command. (Not redis-py's mget_nonatomic:
+        # its pipeline by slot is not thread-safe while a node fails over -- threads got
+        # "RuntimeError: dictionary changed size during iteration" from inside redis-py,
+        # which no fail-open may hide, in redis-py 5.0 to 6.0 at least.)
         if not keys:
             return []
-        return list(self._cluster()[0].mget_nonatomic(list(keys)))
+        client = self._cluster()[0]
+        values: list[bytes | None] = [None] * len(keys)
+        for indexes in _by_slot(keys).values():
+            replies = client.execute_command("MGET", *(keys[i] for i in indexes))
+            for i, value in zip(indexes, replies, strict=True):
+                values[i] = value
+        return values
 
     @_noting_failures
     def set(self, key: str, value: bytes, ttl: float | None, void: str | None = None) -> None:
@@ -231,20 +255,19 @@ class ClusterStore:
 
     @_noting_failures
     def set_many(self, items: Sequence[Item], void: Sequence[str] = ()) -> None:
-        if not items:
-            return
-        pipe = self._cluster()[0].pipeline()
+        # One write after the other (not a redis-py cluster pipeline: see get_many).
         for i, (key, value, ttl) in enumerate(items):
-            if i < len(void):  # EVAL, not EVALSHA: a pipeline cannot load a missing script
-                pipe.execute_command("EVAL", _SET_VOID, 2, key, void[i], value, _ms(ttl))
-            else:
-                pipe.execute_command(*_set_args(key, value, ttl))
-        pipe.execute()
+            self.set(key, value, ttl, void[i] if i < len(void) else None)
 
     @_noting_failures
     def delete(self, keys: Sequence[str]) -> int:
-        # One DEL per slot: each slot's keys (a key and its lease) go atomically.
-        return int(self._cluster()[0].delete(*keys)) if keys else 0
+        # One DEL per slot: each slot's keys (a key and its lease) go atomically. Plain
+        # routed commands, not redis-py's split (a pipeline: see get_many).
+        client = self._cluster()[0]
+        count = 0
+        for indexes in _by_slot(keys).values():
+            count += int(client.execute_command("DEL", *(keys[i] for i in indexes)))
+        return count
 
     @_noting_failures
     def add(self, key: str, value: bytes, ttl: float | None) -> bool:
@@ -284,17 +307,16 @@ class ClusterStore:
 
     @_noting_failures
     def clear(self, prefix: str) -> int:
-        client = self._cluster()[0]
         count = 0
         for pattern in (prefix + "*", "{" + prefix + "*"):
             batch: list[str] = []
             for key in self.scan(pattern):
                 batch.append(key)
                 if len(batch) >= 1000:
-                    count += int(client.unlink(*batch))  # one UNLINK per slot
+                    count += self.delete(batch)
                     batch.clear()
             if batch:
-                count += int(client.unlink(*batch))
+                count += self.delete(batch)
         return count
 
     @_noting_failures
@@ -309,11 +331,24 @@ class ClusterStore:
     def close(self) -> None:
         with self._lock:
             built, self._built = self._built, None
+            retired, self._retired = self._retired, []
+        for old in retired:
+            old.close()
         if built is not None and self._owns_client:
             built[0].close()
 
     def asynchronous(self) -> AsyncStore:
         return self._async
+
+
+def _by_slot(keys: Sequence[str]) -> dict[int, list[int]]:
+    """``{slot: [indexes of its keys]}``, in first-seen order."""
+    from redis.crc import key_slot
+
+    groups: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key_slot(key.encode()), []).append(index)
+    return groups
 
 
 class _Scripts:
