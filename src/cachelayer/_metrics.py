@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from ._stats import COUNTERS, LOAD_BUCKETS, Histogram, Stats
+from ._stats import COUNTERS, LOAD_BUCKETS, Histogram, Stats, with_ratio
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -292,10 +292,8 @@ class StatsView:
 
     def snapshot(self) -> dict[str, int]:
         """The totals as a flat dict, plus ``hit_ratio_permille``."""
-        counts = {name: getattr(self, name) for name in COUNTERS}
-        reads = counts["hits"] + counts["misses"]
-        counts["hit_ratio_permille"] = (1000 * counts["hits"] // reads) if reads else 0
-        return counts
+        blocks = self._metrics.blocks()
+        return with_ratio({name: sum(b.count(name) for b in blocks) for name in COUNTERS})
 
     def reset(self) -> None:
         """Set every counter of the Cache and of its functions back to 0."""

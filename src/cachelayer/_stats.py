@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["COUNTERS", "LOAD_BUCKETS", "Histogram", "RateLimitedLog", "Stats"]
+__all__ = ["COUNTERS", "LOAD_BUCKETS", "Histogram", "RateLimitedLog", "Stats", "with_ratio"]
 
 
 #: The event counters every :class:`Stats` holds, in the order snapshots list them.
@@ -45,6 +45,13 @@ COUNTERS = (
 
 #: Upper bounds (seconds) of the load-duration histogram's buckets (Prometheus' defaults).
 LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def with_ratio(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` plus ``hit_ratio_permille``: hits per 1000 reads (0 with no reads)."""
+    reads = counts["hits"] + counts["misses"]
+    counts["hit_ratio_permille"] = (1000 * counts["hits"] // reads) if reads else 0
+    return counts
 
 
 class Histogram:
@@ -128,10 +135,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a dict, plus ``hit_ratio`` as a per-mille int (0 with no reads)."""
-        counts: dict[str, int] = {name: self.count(name) for name in COUNTERS}
-        reads = counts["hits"] + counts["misses"]
-        counts["hit_ratio_permille"] = (1000 * counts["hits"] // reads) if reads else 0
-        return counts
+        return with_ratio({name: self.count(name) for name in COUNTERS})
 
     def reset(self) -> None:
         """Set every counter back to 0."""
